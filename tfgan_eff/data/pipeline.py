@@ -1,0 +1,295 @@
+"""From a `Source` to per-replica training batches.
+
+`ImageData` decodes, converts, crops and resizes every image once, keeps the configured
+subset (`data_fraction` / `num_images`) and label mask (`label_fraction`), and serves:
+
+- `dataset_fn(global_batch, start_sample)`: for `strategy.distribute_datasets_from_function`;
+  yields dicts `{"images": float32 [b, H, W, C] in [-1, 1], "labels": int32 [b] (-1 where
+  the label is hidden), "true_labels": int32 [b]}` with `b` the per-replica batch.
+- `eval_batches(batch_size)`: one pass over the kept images as uint8 numpy batches.
+
+In memory (the limited-data setting, up to `max_in_memory_mb`), the order of the stream is a
+pure function of `(seed, sample index)`: epoch `e` is the permutation drawn from `(seed, e)`,
+and random flips are drawn per sample index. Resuming at `start_sample` therefore continues
+the exact stream of the interrupted run, with no iterator state to save. Larger sources
+(e.g. TFDS ImageNet) stream through a shuffle buffer; on resume the stream is reshuffled
+with a seed that depends on the resume point (documented in docs/data.md).
+"""
+
+import hashlib
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfgan_eff.config import configurable
+from tfgan_eff.data import sources as sources_lib
+
+
+def _to_channels(image, channels):
+  """uint8 HxWxC (C in 1..4) -> uint8 HxWx`channels` (1 or 3)."""
+  c = image.shape[-1]
+  if c == 4:  # RGBA: drop alpha
+    image, c = image[..., :3], 3
+  if c == 2:  # gray + alpha
+    image, c = image[..., :1], 1
+  if c == channels:
+    return image
+  if channels == 3:
+    return np.repeat(image, 3, axis=-1)
+  luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+  return np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
+
+
+def _center_crop(image):
+  h, w = image.shape[:2]
+  s = min(h, w)
+  top, left = (h - s) // 2, (w - s) // 2
+  return image[top:top + s, left:left + s]
+
+
+def _resize(images, resolution):
+  """Resizes a uint8 batch to resolution² (antialiased bilinear), rounding back to uint8."""
+  if images.shape[1] == resolution and images.shape[2] == resolution:
+    return images
+  out = tf.image.resize(tf.convert_to_tensor(images, tf.float32), [resolution, resolution],
+                        method="bilinear", antialias=True)
+  return np.clip(np.round(out.numpy()), 0, 255).astype(np.uint8)
+
+
+def subset_indices(n, fraction=1.0, count=None, seed=0):
+  """The sorted indices of a fixed, seeded subset: `count` images or `round(n·fraction)`."""
+  if count is None:
+    if not 0.0 < fraction <= 1.0:
+      raise ValueError(f"data_fraction must be in (0, 1], got {fraction}.")
+    count = int(round(n * fraction))
+  if not 0 < count <= n:
+    raise ValueError(f"Cannot keep {count} of {n} images: num_images must be in [1, {n}].")
+  if count == n:
+    return np.arange(n)
+  rng = np.random.default_rng([seed, 0x5EB5E7])
+  return np.sort(rng.permutation(n)[:count])
+
+
+def label_mask(labels, fraction=1.0, seed=0):
+  """Boolean mask keeping labels on a seeded, class-balanced `fraction` of each class.
+
+  Each class c keeps `round(n_c · fraction)` of its n_c labelled images; images whose
+  label is already -1 stay unlabelled.
+  """
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f"label_fraction must be in [0, 1], got {fraction}.")
+  keep = np.zeros(len(labels), bool)
+  rng = np.random.default_rng([seed, 0x1ABE1])
+  for c in np.unique(labels[labels >= 0]):
+    idx = np.flatnonzero(labels == c)
+    k = int(round(len(idx) * fraction))
+    keep[rng.permutation(idx)[:k]] = True
+  return keep
+
+
+def _hash_bit(k, seed):
+  """A pseudo-random bit per int64 sample index (a pure function of (k, seed))."""
+  h = k * 6364136223846793005 + (seed * 1442695040888963407 + 1013904223)
+  h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 29))
+  h = h * 2685821657736338717
+  return tf.equal(tf.bitwise.bitwise_and(tf.bitwise.right_shift(h, 40), 1), 1)
+
+
+@configurable
+class ImageData:
+  """Images from a source, preprocessed once, with subsets and label masks.
+
+  Args:
+    source: a `Source` (gin: `ImageData.source = @Digits()`).
+    resolution: square output size in pixels.
+    channels: 1 or 3; `None` keeps the source's (grayscale stays 1, RGB(A) becomes 3).
+    data_fraction: keep a fixed, seeded fraction of the images (the limited-data setting).
+    num_images: keep exactly this many images instead (e.g. 100-shot); overrides the fraction.
+    label_fraction: keep labels on a fixed, seeded, class-balanced fraction; others get -1.
+    random_flip: random horizontal flips in the training stream.
+    seed: seeds the subset, the label mask, the shuffling order and the flips.
+    max_in_memory_mb: sources up to this size (after resizing) are held in memory and
+      streamed in an exactly resumable order; larger ones stream through a shuffle buffer.
+    shuffle_buffer: buffer size for streamed sources.
+  """
+
+  def __init__(self, source, resolution=32, channels=None, data_fraction=1.0,
+               num_images=None, label_fraction=1.0, random_flip=False, seed=0,
+               max_in_memory_mb=2048, shuffle_buffer=10000):
+    if resolution < 4 or resolution & (resolution - 1):
+      raise ValueError(f"ImageData.resolution must be a power of two >= 4, got {resolution}.")
+    if channels not in (None, 1, 3):
+      raise ValueError(f"ImageData.channels must be 1, 3 or None, got {channels}.")
+    self.source = source
+    self.resolution = resolution
+    self.random_flip = random_flip
+    self.seed = seed
+    self.num_classes = source.num_classes
+    self.data_fraction, self.label_fraction = data_fraction, label_fraction
+    self.shuffle_buffer = shuffle_buffer
+    n_total = len(source)
+    if n_total == 0:
+      raise ValueError(f"Source '{source.name}' holds no images.")
+    first, _ = next(iter(source))
+    src_c = 3 if first.shape[-1] >= 3 else 1
+    self.channels = channels or src_c
+    est_mb = n_total * resolution * resolution * self.channels / 2**20
+    self.in_memory = est_mb <= max_in_memory_mb or not hasattr(source, "as_tf_dataset")
+    self.name = (f"{source.name}-{resolution}px-c{self.channels}"
+                 f"-n{num_images if num_images else data_fraction}-s{seed}")
+    if self.in_memory:
+      self._load(n_total, num_images)
+    else:
+      self._setup_streaming(n_total, num_images)
+
+  # -- in memory -------------------------------------------------------------------------
+  def _load(self, n_total, num_images):
+    keep = subset_indices(n_total, self.data_fraction, num_images, self.seed)
+    keep_set = np.zeros(n_total, bool)
+    keep_set[keep] = True
+    images, labels, chunk = [], [], []
+    for i, (img, y) in enumerate(self.source):
+      if not keep_set[i]:
+        continue
+      if img.ndim == 2:
+        img = img[..., None]
+      chunk.append(_center_crop(_to_channels(img, self.channels)))
+      labels.append(y)
+      if len(chunk) == 256:
+        images.extend(self._resize_chunk(chunk))
+        chunk = []
+    images.extend(self._resize_chunk(chunk))
+    self.images = np.stack(images)
+    self.true_labels = np.asarray(labels, np.int32)
+    if self.num_classes and self.true_labels.max() >= self.num_classes:
+      raise ValueError(f"Source '{self.source.name}' has label {self.true_labels.max()} but "
+                       f"declares {self.num_classes} classes.")
+    self.labels = np.where(label_mask(self.true_labels, self.label_fraction, self.seed),
+                           self.true_labels, -1).astype(np.int32)
+    self.num_examples = len(self.images)
+    self.num_labelled = int((self.labels >= 0).sum())
+    digest = hashlib.sha1(keep.tobytes()).hexdigest()[:8]
+    self.name += f"-{digest}"
+    logging.info("Data: %s: kept %d of %d images (data_fraction=%s), %d labelled "
+                 "(label_fraction=%s), %dx%dx%d, in memory.", self.source.name,
+                 self.num_examples, n_total, self.data_fraction, self.num_labelled,
+                 self.label_fraction, self.resolution, self.resolution, self.channels)
+
+  def _resize_chunk(self, chunk):
+    out = []
+    i = 0
+    while i < len(chunk):  # group equal shapes so each group resizes in one call
+      j = i
+      while j < len(chunk) and chunk[j].shape == chunk[i].shape:
+        j += 1
+      out.extend(_resize(np.stack(chunk[i:j]), self.resolution))
+      i = j
+    return out
+
+  # -- streaming -------------------------------------------------------------------------
+  def _setup_streaming(self, n_total, num_images):
+    self.images = None
+    frac = (num_images / n_total) if num_images else self.data_fraction
+    self._stream_fraction = frac
+    self.num_examples = int(round(n_total * frac))
+    self.num_labelled = int(round(self.num_examples * self.label_fraction))
+    logging.info("Data: %s: streaming ~%d of %d images, ~%d labelled (per-image hash "
+                 "subsets; exact counts only for in-memory sources).", self.source.name,
+                 self.num_examples, n_total, self.num_labelled)
+
+  def _stream_examples(self):
+    """Streams (uint8 image at resolution, label, true label) for large sources."""
+    res, ch, seed = self.resolution, self.channels, self.seed
+    frac, lfrac = self._stream_fraction, self.label_fraction
+
+    def unit(i, salt):
+      return tf.random.stateless_uniform([], seed=tf.stack([tf.cast(i, tf.int64),
+                                                            tf.constant(seed * 7919 + salt,
+                                                                        tf.int64)]))
+
+    def prep(i, image, label):
+      image = image[..., :3] if ch == 3 else tf.image.rgb_to_grayscale(image[..., :3])
+      if image.shape[-1] == 1 and ch == 3:
+        image = tf.repeat(image, 3, axis=-1)
+      h, w = tf.shape(image)[0], tf.shape(image)[1]
+      s = tf.minimum(h, w)
+      image = tf.image.crop_to_bounding_box(image, (h - s) // 2, (w - s) // 2, s, s)
+      image = tf.image.resize(tf.cast(image, tf.float32), [res, res], antialias=True)
+      image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+      shown = tf.where(unit(i, 2) < lfrac, label, -1)
+      return image, shown, label
+
+    ds = self.source.as_tf_dataset().enumerate()
+    if frac < 1.0:
+      ds = ds.filter(lambda i, x, y: unit(i, 1) < frac)
+    return ds.map(lambda i, x, y: prep(i, x, y), num_parallel_calls=tf.data.AUTOTUNE)
+
+  # -- training stream -------------------------------------------------------------------
+  def dataset_fn(self, global_batch, start_sample=0):
+    """A function for `strategy.distribute_datasets_from_function`.
+
+    Sample k of the global stream (k = 0, 1, ...) is the same whatever the number of
+    replicas; `start_sample` resumes the stream at sample k.
+    """
+
+    def fn(input_context=None):
+      pipes = input_context.num_input_pipelines if input_context else 1
+      pid = input_context.input_pipeline_id if input_context else 0
+      b = (input_context.get_per_replica_batch_size(global_batch) if input_context
+           else global_batch)
+      if self.in_memory:
+        ds = self._indexed_stream(start_sample)
+      else:
+        ds = self._shuffled_stream(start_sample)
+      if pipes > 1:
+        ds = ds.shard(pipes, pid)
+      ds = ds.batch(b, drop_remainder=True)
+      ds = ds.map(self._finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
+      return ds.prefetch(tf.data.AUTOTUNE)
+
+    return fn
+
+  def _indexed_stream(self, start_sample):
+    n = self.num_examples
+    seed = self.seed
+    images = tf.constant(self.images)
+    labels = tf.constant(self.labels)
+    true_labels = tf.constant(self.true_labels)
+    first_epoch = start_sample // n
+
+    def epoch(e):
+      perm = tf.argsort(tf.random.stateless_uniform(
+          [n], seed=tf.stack([tf.constant(seed, tf.int64), e])))
+      k = e * n + tf.range(n, dtype=tf.int64)
+      return tf.data.Dataset.from_tensor_slices((k, tf.cast(perm, tf.int64)))
+
+    ds = tf.data.Dataset.range(first_epoch, 2**40).flat_map(epoch)
+    ds = ds.skip(start_sample - first_epoch * n)
+    return ds.map(lambda k, i: {"k": k, "images": tf.gather(images, i),
+                                "labels": tf.gather(labels, i),
+                                "true_labels": tf.gather(true_labels, i)})
+
+  def _shuffled_stream(self, start_sample):
+    ds = self._stream_examples().repeat()
+    ds = ds.shuffle(self.shuffle_buffer, seed=self.seed * 1000003 + start_sample)
+    k0 = tf.constant(start_sample, tf.int64)
+    return ds.enumerate().map(lambda k, ex: {"k": k + k0, "images": ex[0], "labels": ex[1],
+                                             "true_labels": ex[2]})
+
+  def _finish_batch(self, batch):
+    x = tf.cast(batch["images"], tf.float32) / 127.5 - 1.0
+    if self.random_flip:
+      flip = _hash_bit(batch["k"], self.seed)
+      x = tf.where(flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
+    return {"images": x, "labels": batch["labels"], "true_labels": batch["true_labels"]}
+
+  # -- evaluation ------------------------------------------------------------------------
+  def eval_batches(self, batch_size=256):
+    """One pass over the kept images: uint8 numpy batches [b, H, W, C]."""
+    if self.in_memory:
+      for i in range(0, self.num_examples, batch_size):
+        yield self.images[i:i + batch_size]
+    else:
+      ds = self._stream_examples().map(lambda x, y, t: x).batch(batch_size)
+      yield from ds.as_numpy_iterator()

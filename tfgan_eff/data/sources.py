@@ -1,0 +1,239 @@
+"""Image sources. Each yields `(uint8 image [H, W, C], int label or -1)` pairs.
+
+Sources are plain Python iterables of numpy arrays so that they can be decoded, resized and
+held in memory once (the limited-data setting), or wrapped as a streaming `tf.data` pipeline
+for collections that do not fit (`tfds` with a large split).
+"""
+
+import abc
+import gzip
+import os
+import struct
+
+import numpy as np
+import tensorflow as tf
+
+from tfgan_eff.config import configurable
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+class Source(abc.ABC):
+  """A finite collection of images with optional integer labels.
+
+  Attributes:
+    name: short identifier used in cache keys and logs.
+    num_classes: number of label values (0 when the source has no labels).
+  """
+
+  name = "source"
+  num_classes = 0
+
+  @abc.abstractmethod
+  def __iter__(self):
+    """Yields (uint8 image [H, W, C], int label or -1)."""
+
+  @abc.abstractmethod
+  def __len__(self):
+    """Number of images."""
+
+
+def _decode(path):
+  """Decodes one image file to uint8 HxWxC, or raises a message naming the file."""
+  try:
+    data = tf.io.read_file(path)
+    image = tf.io.decode_image(data, expand_animations=False, dtype=tf.uint8)
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError) as e:
+    raise ValueError(
+        f"Could not decode image file '{path}' ({str(e).splitlines()[0]}). "
+        f"Remove or re-save this file (PNG or JPEG), or point the source elsewhere.") from None
+  return image.numpy()
+
+
+@configurable
+class ImageFolder(Source):
+  """PNG/JPEG/BMP/GIF images found recursively under `path`.
+
+  Args:
+    path: the folder.
+    labels_from_subfolders: when True, each immediate sub-folder is one class (sorted by
+      name, label = index); images directly in `path` are then an error.
+  """
+
+  def __init__(self, path, labels_from_subfolders=False):
+    path = os.path.expanduser(path)
+    if not os.path.isdir(path):
+      raise FileNotFoundError(
+          f"Image folder '{path}' does not exist. Set ImageFolder.path to a folder of "
+          f"PNG/JPEG images (e.g. --gin_param=\"ImageFolder.path='/data/my_images'\").")
+    self.path = path
+    self.name = "folder-" + os.path.basename(os.path.normpath(path))
+    self.files, labels = [], []
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    for root, _, names in sorted(os.walk(path)):
+      for n in sorted(names):
+        if not n.lower().endswith(IMAGE_EXTENSIONS):
+          continue
+        full = os.path.join(root, n)
+        label = -1
+        if labels_from_subfolders:
+          rel = os.path.relpath(full, path).split(os.sep)
+          if len(rel) < 2:
+            raise ValueError(
+                f"'{full}' sits directly in '{path}', but labels_from_subfolders=True expects "
+                f"every image inside a class sub-folder. Move it into one, or set "
+                f"ImageFolder.labels_from_subfolders=False.")
+          label = classes.index(rel[0])
+        self.files.append(full)
+        labels.append(label)
+    if not self.files:
+      raise ValueError(
+          f"Image folder '{path}' contains no images (looked for {', '.join(IMAGE_EXTENSIONS)} "
+          f"recursively). Put images there or point ImageFolder.path elsewhere.")
+    self.labels = np.asarray(labels, np.int32)
+    self.num_classes = len(classes) if labels_from_subfolders else 0
+    self.class_names = classes if labels_from_subfolders else []
+
+  def __len__(self):
+    return len(self.files)
+
+  def __iter__(self):
+    for f, y in zip(self.files, self.labels):
+      yield _decode(f), int(y)
+
+
+def _read_idx(path):
+  """Reads an MNIST-style IDX file (optionally gzipped) into a numpy array."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    data = f.read()
+  if len(data) < 4 or data[0] != 0 or data[1] != 0:
+    raise ValueError(f"'{path}' is not an IDX file (bad magic number).")
+  dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+           0x0E: ">f8"}.get(data[2])
+  if dtype is None:
+    raise ValueError(f"'{path}': unknown IDX element type 0x{data[2]:02x}.")
+  ndim = data[3]
+  shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+  arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
+  if arr.size != int(np.prod(shape)):
+    raise ValueError(f"'{path}' is truncated: header says {shape}, found {arr.size} values.")
+  return arr.reshape(shape)
+
+
+@configurable
+class Arrays(Source):
+  """Images held in array files: `.npz` (keys `images`, optional `labels`) or IDX.
+
+  For IDX, `path` names the images file (`*-images-idx3-ubyte[.gz]`); the labels file is
+  found next to it (`*-labels-idx1-ubyte[.gz]`) or given as `labels_path`.
+  Images may be [N, H, W] (grayscale) or [N, H, W, C], uint8.
+  """
+
+  def __init__(self, path, labels_path=None, num_classes=None):
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f"Array file '{path}' does not exist. Set Arrays.path to an .npz with 'images' "
+          f"(and 'labels') or to an IDX images file such as t10k-images-idx3-ubyte.gz.")
+    self.name = "arrays-" + os.path.basename(path).split(".")[0]
+    labels = None
+    if path.endswith(".npz"):
+      with np.load(path) as f:
+        if "images" not in f:
+          raise ValueError(f"'{path}' has no 'images' array (found {sorted(f.keys())}).")
+        images = f["images"]
+        labels = f["labels"] if "labels" in f else None
+    else:
+      images = _read_idx(path)
+      if labels_path is None:
+        guess = path.replace("images-idx3", "labels-idx1")
+        labels_path = guess if guess != path and os.path.exists(guess) else None
+      if labels_path is not None:
+        labels = _read_idx(os.path.expanduser(labels_path))
+    if images.ndim == 3:
+      images = images[..., None]
+    if images.ndim != 4 or images.dtype != np.uint8:
+      raise ValueError(f"'{path}': expected uint8 images [N,H,W(,C)], got {images.dtype} "
+                       f"{images.shape}.")
+    if labels is not None and len(labels) != len(images):
+      raise ValueError(f"'{path}': {len(images)} images but {len(labels)} labels.")
+    self.images = images
+    self.labels = (np.asarray(labels, np.int32) if labels is not None
+                   else np.full(len(images), -1, np.int32))
+    self.num_classes = (num_classes if num_classes is not None
+                        else (int(self.labels.max()) + 1 if labels is not None else 0))
+
+  def __len__(self):
+    return len(self.images)
+
+  def __iter__(self):
+    for x, y in zip(self.images, self.labels):
+      yield x, int(y)
+
+
+@configurable
+class Digits(Source):
+  """The built-in default: the 1,797 real 8x8 handwritten digits bundled with scikit-learn.
+
+  No download needed. Pixel values 0..16 are scaled to 0..255; 10 classes.
+  """
+
+  name = "digits"
+  num_classes = 10
+
+  def __init__(self):
+    from sklearn.datasets import load_digits  # bundled with the package, no network
+    d = load_digits()
+    self.images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    self.labels = d.target.astype(np.int32)
+
+  def __len__(self):
+    return len(self.images)
+
+  def __iter__(self):
+    for x, y in zip(self.images, self.labels):
+      yield x, int(y)
+
+
+@configurable
+class TFDS(Source):
+  """Any TensorFlow Datasets name/split, e.g. `cifar10` / `train` or `imagenet2012`.
+
+  Works for users online (or with a prepared `data_dir`); tests use local sources.
+  """
+
+  def __init__(self, name, split="train", data_dir=None, image_key="image",
+               label_key="label"):
+    import tensorflow_datasets as tfds
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # tfds raises several types for unknown names
+      raise ValueError(f"Unknown TFDS dataset '{name}': {e}") from None
+    self.name = f"tfds-{name}-{split.replace('[', '').replace(']', '').replace(':', '-')}"
+    self._builder, self._split = builder, split
+    self._image_key, self._label_key = image_key, label_key
+    try:
+      builder.download_and_prepare()
+    except Exception as e:
+      raise RuntimeError(
+          f"TFDS dataset '{name}' is not available locally and could not be prepared: {e}\n"
+          f"Prepare it where you have network access (or follow the manual download "
+          f"instructions of TFDS for '{name}') and pass TFDS.data_dir.") from None
+    info = builder.info
+    self._len = info.splits[split].num_examples
+    feat = info.features.get(label_key) if hasattr(info.features, "get") else None
+    self.num_classes = int(getattr(feat, "num_classes", 0) or 0)
+
+  def __len__(self):
+    return self._len
+
+  def as_tf_dataset(self):
+    ds = self._builder.as_dataset(split=self._split, shuffle_files=False)
+    ik, lk, has_label = self._image_key, self._label_key, self.num_classes > 0
+    return ds.map(lambda ex: (ex[ik], tf.cast(ex[lk], tf.int32) if has_label
+                              else tf.constant(-1, tf.int32)))
+
+  def __iter__(self):
+    for x, y in self.as_tf_dataset().as_numpy_iterator():
+      yield x, int(y)

@@ -1,0 +1,242 @@
+"""BigGAN generator and discriminator (Brock, Donahue, Simonyan 2019), 32-256 px.
+
+Channel layouts follow the published BigGAN models (multiples of `ch`):
+
+| res | G blocks (in -> out)                 | D blocks (out; last one keeps resolution)  |
+|-----|--------------------------------------|--------------------------------------------|
+| 32  | 4-4, 4-4, 4-4   (4x4 -> 32x32)       | 4, 4, 4, 4     (two down-samplings)        |
+| 64  | 16-16, 16-8, 8-4, 4-2                | 1, 2, 4, 8, 16                             |
+| 128 | 16-16, 16-8, 8-4, 4-2, 2-1           | 1, 2, 4, 8, 16, 16                         |
+| 256 | 16-16, 16-8, 8-8, 8-4, 4-2, 2-1      | 1, 2, 4, 8, 8, 16, 16                      |
+
+Choices (see docs/architecture.md): nearest-neighbour up-sampling in G blocks (BigGAN-PyTorch;
+compare_gan inserts zeros), conditional BN gain `1 + W·c`, cross-replica batch statistics,
+orthogonal init everywhere, spectral norm in G and D, sum pooling and projection in D, the
+first D block without pre-activation ReLU (inputs are in [-1, 1]).
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tfgan_eff.config import configurable
+from tfgan_eff.models import layers
+
+G_ARCH = {
+    32: ([4, 4, 4], [4, 4, 4]),
+    64: ([16, 16, 8, 4], [16, 8, 4, 2]),
+    128: ([16, 16, 8, 4, 2], [16, 8, 4, 2, 1]),
+    256: ([16, 16, 8, 8, 4, 2], [16, 8, 8, 4, 2, 1]),
+}
+D_ARCH = {  # (out multipliers, downsample flags)
+    32: ([4, 4, 4, 4], [True, True, False, False]),
+    64: ([1, 2, 4, 8, 16], [True, True, True, True, False]),
+    128: ([1, 2, 4, 8, 16, 16], [True, True, True, True, True, False]),
+    256: ([1, 2, 4, 8, 8, 16, 16], [True, True, True, True, True, True, False]),
+}
+
+
+def _check_resolution(resolution):
+  if resolution not in G_ARCH:
+    raise ValueError(f"BigGAN supports resolutions {sorted(G_ARCH)}, got {resolution}. "
+                     f"Set ImageData.resolution to one of them.")
+
+
+def _upsample(x):
+  return tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _downsample(x):
+  return tf.nn.avg_pool2d(x, 2, 2, "VALID")
+
+
+class GBlock(keras.layers.Layer):
+  """BN -> ReLU -> up -> conv3 -> BN -> ReLU -> conv3, plus up -> conv1 shortcut."""
+
+  def __init__(self, in_ch, out_ch, conditional, use_sn=True, bn_momentum=0.9, **kwargs):
+    super().__init__(**kwargs)
+    if conditional:
+      self.bn1 = layers.ConditionalBatchNorm(in_ch, bn_momentum, use_sn=use_sn, name="bn1")
+      self.bn2 = layers.ConditionalBatchNorm(out_ch, bn_momentum, use_sn=use_sn, name="bn2")
+    else:
+      self.bn1 = layers.CrossReplicaBatchNorm(bn_momentum, name="bn1")
+      self.bn2 = layers.CrossReplicaBatchNorm(bn_momentum, name="bn2")
+    self.conditional = conditional
+    self.conv1 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv1")
+    self.conv2 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv2")
+    self.conv_sc = layers.SNConv2D(out_ch, 1, use_sn=use_sn, name="conv_sc")
+
+  def _bn(self, bn, x, cond, training):
+    return bn(x, cond, training=training) if self.conditional else bn(x, training=training)
+
+  def call(self, x, cond=None, training=False):
+    h = tf.nn.relu(self._bn(self.bn1, x, cond, training))
+    h = self.conv1(_upsample(h), training=training)
+    h = tf.nn.relu(self._bn(self.bn2, h, cond, training))
+    h = self.conv2(h, training=training)
+    return h + self.conv_sc(_upsample(x), training=training)
+
+
+class DBlock(keras.layers.Layer):
+  """(ReLU) -> conv3 -> ReLU -> conv3 -> (avg-pool), plus a 1x1 shortcut when needed."""
+
+  def __init__(self, in_ch, out_ch, downsample, preactivation, use_sn=True, **kwargs):
+    super().__init__(**kwargs)
+    self.downsample, self.preactivation = downsample, preactivation
+    self.conv1 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv1")
+    self.conv2 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv2")
+    self.learnable_sc = in_ch != out_ch or downsample
+    self.conv_sc = (layers.SNConv2D(out_ch, 1, use_sn=use_sn, name="conv_sc")
+                    if self.learnable_sc else None)
+
+  def call(self, x, training=False):
+    h = tf.nn.relu(x) if self.preactivation else x
+    h = self.conv2(tf.nn.relu(self.conv1(h, training=training)), training=training)
+    if self.downsample:
+      h = _downsample(h)
+    sc = x
+    if self.learnable_sc:
+      if self.preactivation:  # conv then pool
+        sc = self.conv_sc(sc, training=training)
+        sc = _downsample(sc) if self.downsample else sc
+      else:  # pool then conv
+        sc = _downsample(sc) if self.downsample else sc
+        sc = self.conv_sc(sc, training=training)
+    return h + sc
+
+
+@configurable
+class BigGANGenerator(keras.Model):
+  """BigGAN generator: hierarchical z, shared class embedding, conditional BN.
+
+  Args:
+    resolution: 32, 64, 128 or 256.
+    channels: output image channels.
+    ch: base width (96 for ImageNet 128, 256 for the CIFAR setting).
+    z_dim: latent size; with `hierarchical_z` it is rounded down to a multiple of the
+      number of chunks (blocks + 1), and `self.z_dim` holds the value used.
+    num_classes: 0 for an unconditional generator.
+    shared_dim: size of the shared class embedding.
+    hierarchical_z: split z into one chunk for the input layer and one per block.
+    attention_resolution: resolution after whose block self-attention sits (0: none).
+
+  >>> g = BigGANGenerator(resolution=32, ch=8, num_classes=10)
+  >>> g(tf.zeros([2, g.z_dim]), tf.constant([1, 2])).shape
+  TensorShape([2, 32, 32, 3])
+  """
+
+  def __init__(self, resolution=128, channels=3, ch=96, z_dim=120, num_classes=0,
+               shared_dim=128, hierarchical_z=True, attention_resolution=64,
+               use_sn=True, bn_momentum=0.9, **kwargs):
+    super().__init__(**kwargs)
+    _check_resolution(resolution)
+    self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
+    ins, outs = G_ARCH[resolution]
+    n_blocks = len(ins)
+    self.hierarchical_z = hierarchical_z
+    if hierarchical_z:
+      self.chunk = z_dim // (n_blocks + 1)
+      if self.chunk == 0:
+        raise ValueError(f"z_dim={z_dim} is too small to split into {n_blocks + 1} chunks.")
+      self.z_dim = self.chunk * (n_blocks + 1)
+    else:
+      self.chunk, self.z_dim = 0, z_dim
+    self.embed = (layers.SNEmbedding(num_classes, shared_dim, use_sn=False, name="shared")
+                  if num_classes else None)
+    cond_dim = (self.chunk if hierarchical_z else 0) + (shared_dim if num_classes else 0)
+    self.conditional = cond_dim > 0
+    self.bottom_channels = ins[0] * ch
+    self.linear = layers.SNDense(4 * 4 * self.bottom_channels, use_sn=use_sn, name="linear")
+    self.blocks, self.attention = [], {}
+    res = 4
+    for i, (a, b) in enumerate(zip(ins, outs)):
+      self.blocks.append(GBlock(a * ch, b * ch, self.conditional, use_sn, bn_momentum,
+                                name=f"block{i}"))
+      res *= 2
+      if res == attention_resolution:
+        self.attention[i] = layers.SelfAttention(use_sn, name=f"attention{i}")
+    self.attention_layers = list(self.attention.values())
+    self.bn_out = layers.CrossReplicaBatchNorm(bn_momentum, name="bn_out")
+    self.conv_out = layers.SNConv2D(channels, 3, use_sn=use_sn, name="conv_out")
+
+  def call(self, z, y=None, training=False, truncation=1.0, rng=None):
+    """z [B, z_dim], y int [B] or float [B, num_classes] -> images [B, H, W, C] in [-1, 1].
+
+    `truncation` scales z (1.0: unchanged, 0.0: the class mean); sample z from a truncated
+    normal for the usual truncation trick. `rng` is unused (BigGAN G is deterministic).
+    """
+    z = z * tf.cast(truncation, z.dtype)
+    if self.hierarchical_z:
+      zs = tf.split(z, len(self.blocks) + 1, axis=-1)
+      z0, z_blocks = zs[0], zs[1:]
+    else:
+      z0, z_blocks = z, [None] * len(self.blocks)
+    emb = None
+    if self.num_classes:
+      if y is None:
+        raise ValueError("This generator is class-conditional: pass labels y.")
+      emb = self.embed(y, training=training)
+    h = tf.reshape(self.linear(z0, training=training), [-1, 4, 4, self.bottom_channels])
+    for i, block in enumerate(self.blocks):
+      parts = [p for p in (z_blocks[i], emb) if p is not None]
+      cond = tf.concat(parts, axis=-1) if parts else None
+      h = block(h, cond, training=training)
+      if i in self.attention:
+        h = self.attention[i](h, training=training)
+    h = tf.nn.relu(self.bn_out(h, training=training))
+    return tf.tanh(self.conv_out(h, training=training))
+
+
+@configurable
+class BigGANDiscriminator(keras.Model):
+  """BigGAN discriminator: residual down-blocks, attention, sum pooling, projection.
+
+  Returns `{"logits": [B], "features": [B, C], "feature_map": [B, h, w, C]}`.
+
+  >>> d = BigGANDiscriminator(resolution=32, ch=8, num_classes=10)
+  >>> d(tf.zeros([2, 32, 32, 3]), tf.constant([1, -1]))["logits"].shape
+  TensorShape([2])
+  """
+
+  def __init__(self, resolution=128, channels=3, ch=96, num_classes=0,
+               attention_resolution=64, use_sn=True, **kwargs):
+    super().__init__(**kwargs)
+    _check_resolution(resolution)
+    self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
+    outs, downs = D_ARCH[resolution]
+    self.blocks, self.attention = [], {}
+    res, in_ch = resolution, channels
+    for i, (m, down) in enumerate(zip(outs, downs)):
+      self.blocks.append(DBlock(in_ch, m * ch, down, preactivation=i > 0, use_sn=use_sn,
+                                name=f"block{i}"))
+      in_ch = m * ch
+      res = res // 2 if down else res
+      if res == attention_resolution and not self.attention:  # after the first such block
+        self.attention[i] = layers.SelfAttention(use_sn, name=f"attention{i}")
+    self.attention_layers = list(self.attention.values())
+    self.feature_dim = in_ch
+    self.linear = layers.SNDense(1, use_sn=use_sn, name="linear")
+    self.embed = (layers.SNEmbedding(num_classes, in_ch, use_sn=use_sn, name="projection")
+                  if num_classes else None)
+
+  def project(self, features, y, training=False):
+    """The projection term <embed(y), features>; -1 labels contribute 0."""
+    return tf.reduce_sum(self.embed(y, training=training) * features, axis=-1)
+
+  def call(self, x, y=None, training=False):
+    h = x
+    for i, block in enumerate(self.blocks):
+      h = block(h, training=training)
+      if i in self.attention:
+        h = self.attention[i](h, training=training)
+    fmap = tf.nn.relu(h)
+    features = tf.reduce_sum(fmap, axis=[1, 2])
+    logits = tf.squeeze(self.linear(features, training=training), -1)
+    if y is not None and self.num_classes:
+      logits = logits + self.project(features, y, training=training)
+    return {"logits": logits, "features": features, "feature_map": fmap}
+
+
+def count_params(model):
+  return int(sum(math.prod(v.shape) for v in model.trainable_variables))

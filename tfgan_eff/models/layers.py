@@ -1,0 +1,242 @@
+"""Building blocks shared by the networks: spectral norm, cross-replica (conditional) batch
+norm, self-attention. NHWC throughout.
+
+Variables that change during training without gradients (power-iteration vectors, batch-norm
+statistics) are created with `aggregation="only_first_replica"`: every replica computes the
+same value for them (the statistics are all-reduced first), so they can be assigned inside
+`strategy.run`.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+def _normalize(v, eps=1e-12):
+  return v * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(v)), eps))
+
+
+class SpectralNormMixin:
+  """Divides `self.kernel` by its largest singular value (one power iteration per step).
+
+  The left singular vector estimate `u` is a persistent non-trainable variable, updated only
+  when training. `sigma` is treated as a function of the kernel with `u`, `v` held fixed,
+  as in Miyato et al. (2018).
+  """
+
+  def _build_sn(self, out_dim):
+    self.sn_u = self.add_weight(name="sn_u", shape=(out_dim,), trainable=False,
+                                initializer=keras.initializers.RandomNormal(stddev=1.0),
+                                aggregation="only_first_replica")
+
+  def sn_kernel(self, training):
+    w = self.kernel
+    if not self.use_sn:
+      return w
+    w_mat = tf.reshape(tf.cast(w, tf.float32), [-1, w.shape[-1]])  # [fan_in, out]
+    u = tf.cast(self.sn_u, tf.float32)
+    v = _normalize(tf.linalg.matvec(w_mat, u))          # [fan_in]
+    u_new = _normalize(tf.linalg.matvec(w_mat, v, transpose_a=True))  # [out]
+    u_new, v = tf.stop_gradient(u_new), tf.stop_gradient(v)
+    sigma = tf.tensordot(v, tf.linalg.matvec(w_mat, u_new), 1)
+    if training:
+      self.sn_u.assign(u_new)
+    return w / tf.cast(sigma, w.dtype)
+
+  def singular_value(self):
+    """The exact largest singular value of the normalized kernel (for tests and logs)."""
+    w = tf.reshape(self.sn_kernel(training=False), [-1, self.kernel.shape[-1]])
+    return tf.linalg.svd(w, compute_uv=False)[0]
+
+
+class SNDense(SpectralNormMixin, keras.layers.Layer):
+  """A dense layer with optional spectral normalization of its kernel.
+
+  >>> layer = SNDense(16)
+  >>> layer(tf.zeros([2, 8])).shape
+  TensorShape([2, 16])
+  """
+
+  def __init__(self, units, use_bias=True, use_sn=True, kernel_initializer="orthogonal",
+               **kwargs):
+    super().__init__(**kwargs)
+    self.units, self.use_bias, self.use_sn = units, use_bias, use_sn
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+  def build(self, input_shape):
+    self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
+                                  initializer=self.kernel_initializer)
+    self.bias = (self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+                 if self.use_bias else None)
+    if self.use_sn:
+      self._build_sn(self.units)
+
+  def call(self, x, training=False):
+    y = ops.matmul(x, self.sn_kernel(training))
+    return y + self.bias if self.use_bias else y
+
+  def get_config(self):
+    return {**super().get_config(), "units": self.units, "use_bias": self.use_bias,
+            "use_sn": self.use_sn}
+
+
+class SNConv2D(SpectralNormMixin, keras.layers.Layer):
+  """A stride-1 'same' convolution with optional spectral normalization.
+
+  >>> SNConv2D(8, 3)(tf.zeros([2, 16, 16, 4])).shape
+  TensorShape([2, 16, 16, 8])
+  """
+
+  def __init__(self, filters, kernel_size=3, use_bias=True, use_sn=True,
+               kernel_initializer="orthogonal", **kwargs):
+    super().__init__(**kwargs)
+    self.filters, self.kernel_size = filters, kernel_size
+    self.use_bias, self.use_sn = use_bias, use_sn
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+  def build(self, input_shape):
+    k = self.kernel_size
+    self.kernel = self.add_weight(name="kernel", shape=(k, k, input_shape[-1], self.filters),
+                                  initializer=self.kernel_initializer)
+    self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+                 if self.use_bias else None)
+    if self.use_sn:
+      self._build_sn(self.filters)
+
+  def call(self, x, training=False):
+    y = tf.nn.conv2d(x, self.sn_kernel(training), strides=1, padding="SAME")
+    return y + self.bias if self.use_bias else y
+
+  def get_config(self):
+    return {**super().get_config(), "filters": self.filters,
+            "kernel_size": self.kernel_size, "use_bias": self.use_bias, "use_sn": self.use_sn}
+
+
+class SNEmbedding(SpectralNormMixin, keras.layers.Layer):
+  """A class-embedding table [num_classes, dim], optionally spectrally normalized.
+
+  `call(y)` accepts int labels [B] (rows with -1 give zeros) or a float distribution
+  [B, num_classes] (soft labels), and returns [B, dim].
+  """
+
+  def __init__(self, num_classes, dim, use_sn=True, kernel_initializer="orthogonal",
+               **kwargs):
+    super().__init__(**kwargs)
+    self.num_classes, self.dim, self.use_sn = num_classes, dim, use_sn
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+  def build(self, input_shape=None):
+    self.kernel = self.add_weight(name="kernel", shape=(self.num_classes, self.dim),
+                                  initializer=self.kernel_initializer)
+    if self.use_sn:
+      self._build_sn(self.dim)
+
+  def call(self, y, training=False):
+    table = self.sn_kernel(training)
+    if y.dtype.is_integer:
+      y = tf.one_hot(y, self.num_classes, dtype=table.dtype)  # -1 -> all zeros
+    return ops.matmul(tf.cast(y, table.dtype), table)
+
+
+class CrossReplicaBatchNorm(keras.layers.Layer):
+  """Batch normalization whose statistics span the global batch across replicas.
+
+  In training the mean and variance are all-reduced over replicas, so one replica with
+  batch 8 and two with 4 each normalize identically. Moving statistics (momentum) are kept
+  for inference; `center`/`scale` add the usual learned affine.
+  """
+
+  def __init__(self, momentum=0.9, epsilon=1e-5, center=True, scale=True, **kwargs):
+    super().__init__(**kwargs)
+    self.momentum, self.epsilon, self.center, self.scale = momentum, epsilon, center, scale
+
+  def build(self, input_shape):
+    c = input_shape[-1]
+    kw = dict(trainable=False, aggregation="only_first_replica")
+    self.moving_mean = self.add_weight(name="moving_mean", shape=(c,), initializer="zeros",
+                                       **kw)
+    self.moving_variance = self.add_weight(name="moving_variance", shape=(c,),
+                                           initializer="ones", **kw)
+    self.gamma = (self.add_weight(name="gamma", shape=(c,), initializer="ones")
+                  if self.scale else None)
+    self.beta = (self.add_weight(name="beta", shape=(c,), initializer="zeros")
+                 if self.center else None)
+
+  def _global_moments(self, x):
+    axes = list(range(len(x.shape) - 1))
+    xf = tf.cast(x, tf.float32)
+    count = tf.cast(tf.reduce_prod(tf.shape(xf)[:-1]), tf.float32)
+    s, ss = tf.reduce_sum(xf, axes), tf.reduce_sum(tf.square(xf), axes)
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+      s, ss, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [s, ss, count])
+    mean = s / count
+    return mean, tf.maximum(ss / count - tf.square(mean), 0.0)
+
+  def call(self, x, training=False):
+    if training:
+      mean, var = self._global_moments(x)
+      m = self.momentum
+      self.moving_mean.assign(m * self.moving_mean + (1 - m) * mean)
+      self.moving_variance.assign(m * self.moving_variance + (1 - m) * var)
+    else:
+      mean, var = self.moving_mean, self.moving_variance
+    inv = tf.math.rsqrt(var + self.epsilon)
+    y = (tf.cast(x, tf.float32) - mean) * inv
+    if self.scale:
+      y = y * self.gamma
+    if self.center:
+      y = y + self.beta
+    return tf.cast(y, x.dtype)
+
+
+class ConditionalBatchNorm(keras.layers.Layer):
+  """Cross-replica batch norm with gain and bias predicted from a conditioning vector.
+
+  γ = 1 + W_γ·c and β = W_β·c (spectrally normalized linear maps without bias), as in
+  BigGAN (Brock et al. 2019). The `1 +` keeps the initial gain at 1 (compare_gan omits it,
+  its issue #54).
+  """
+
+  def __init__(self, channels, momentum=0.9, epsilon=1e-5, use_sn=True, **kwargs):
+    super().__init__(**kwargs)
+    self.bn = CrossReplicaBatchNorm(momentum, epsilon, center=False, scale=False, name="bn")
+    self.gain = SNDense(channels, use_bias=False, use_sn=use_sn, name="gain")
+    self.offset = SNDense(channels, use_bias=False, use_sn=use_sn, name="offset")
+
+  def call(self, x, cond, training=False):
+    y = self.bn(x, training=training)
+    g = 1.0 + self.gain(cond, training=training)
+    b = self.offset(cond, training=training)
+    return y * g[:, None, None, :] + b[:, None, None, :]
+
+
+class SelfAttention(keras.layers.Layer):
+  """Non-local self-attention (SAGAN / BigGAN) with a learned gate initialized at 0.
+
+  θ and φ project to C/8 channels, g to C/2; φ and g are 2x2 max-pooled.
+  """
+
+  def __init__(self, use_sn=True, **kwargs):
+    super().__init__(**kwargs)
+    self.use_sn = use_sn
+
+  def build(self, input_shape):
+    c = input_shape[-1]
+    sn = self.use_sn
+    self.theta = SNConv2D(max(c // 8, 1), 1, use_bias=False, use_sn=sn, name="theta")
+    self.phi = SNConv2D(max(c // 8, 1), 1, use_bias=False, use_sn=sn, name="phi")
+    self.g = SNConv2D(max(c // 2, 1), 1, use_bias=False, use_sn=sn, name="g")
+    self.o = SNConv2D(c, 1, use_bias=False, use_sn=sn, name="o")
+    self.gate = self.add_weight(name="gate", shape=(), initializer="zeros")
+
+  def call(self, x, training=False):
+    b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
+    theta = tf.reshape(self.theta(x, training=training), [b, h * w, -1])
+    phi = tf.nn.max_pool2d(self.phi(x, training=training), 2, 2, "VALID")
+    phi = tf.reshape(phi, [b, (h // 2) * (w // 2), -1])
+    attn = tf.nn.softmax(tf.matmul(theta, phi, transpose_b=True), axis=-1)
+    g = tf.nn.max_pool2d(self.g(x, training=training), 2, 2, "VALID")
+    g = tf.reshape(g, [b, (h // 2) * (w // 2), -1])
+    o = tf.reshape(tf.matmul(attn, g), [b, h, w, -1])
+    return x + self.gate * self.o(o, training=training)

@@ -1,0 +1,4 @@
+"""Loss terms: each has d_loss(ctx) / g_loss(ctx); the GAN sums the terms listed in gin."""
+
+from tfgan_eff.objectives.adversarial import Adversarial, R1Penalty
+from tfgan_eff.objectives.base import Term

@@ -1,0 +1,32 @@
+"""The loss-term protocol. A method is a list of terms, not a subclass of the GAN."""
+
+import tensorflow as tf
+
+
+class Term(tf.Module):
+  """A loss term with a D part and a G part.
+
+  Subclasses override what they need; the defaults contribute nothing. Variables a term
+  creates in `build` (heads, queues) are checkpointed with the GAN, and its trainable
+  variables are updated by D's optimizer in the D step.
+  """
+
+  def build(self, ctx):
+    """Creates heads/state from a dry run's context (once, inside strategy.scope())."""
+    del ctx
+
+  def d_loss(self, ctx):
+    """-> (scalar loss for this replica, {name: metric}) in the D step."""
+    return tf.constant(0.0), {}
+
+  def g_loss(self, ctx):
+    """-> (scalar loss for this replica, {name: metric}) in the G step."""
+    return tf.constant(0.0), {}
+
+  def after_d_step(self, ctx):
+    """State updates after D's gradients are applied (replica context)."""
+    del ctx
+
+  def after_g_step(self, ctx):
+    """State updates after G's gradients are applied (replica context)."""
+    del ctx

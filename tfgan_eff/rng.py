@@ -1,0 +1,72 @@
+"""Per-sample randomness that does not depend on the number of replicas.
+
+Every random tensor in a training step (latents, labels, augmentation parameters, noise)
+is drawn for the **global** batch from a stateless seed and sliced to this replica's rows.
+One replica with a global batch of 8 and two replicas with 4 each therefore see exactly
+the same numbers, and a resumed run repeats the draws of the run it continues.
+
+Example:
+
+    rng = SampleRNG(seed=[7, step])               # outside tf.distribute: offset 0
+    z = rng.normal([batch, 128])                  # [batch, 128]
+    shift = rng.integers([batch, 1], -4, 5)       # per-sample integer in [-4, 4]
+    view1, view2 = rng.child(), rng.child()       # independent streams
+"""
+
+import tensorflow as tf
+
+
+class SampleRNG:
+  """Stateless per-sample draws for one replica's slice of a global batch.
+
+  Args:
+    seed: int tensor of shape [2] (e.g. `[config_seed, step]`).
+    global_batch: the batch size across all replicas; `None` means the local batch.
+    offset: index of this replica's first row in the global batch (scalar int tensor).
+  """
+
+  def __init__(self, seed, global_batch=None, offset=0):
+    self.seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    self.global_batch = global_batch
+    self.offset = offset
+    self._count = 0
+
+  @classmethod
+  def for_replica(cls, seed, local_batch):
+    """The SampleRNG of the current replica (works outside tf.distribute too)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+      return cls(seed)
+    rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+    return cls(seed, global_batch=local_batch * ctx.num_replicas_in_sync,
+               offset=rid * local_batch)
+
+  def next_seed(self):
+    """A fresh [2] seed; each call (at trace time) gives another stream."""
+    self._count += 1
+    return tf.random.experimental.stateless_fold_in(self.seed, self._count)
+
+  def child(self):
+    """An independent SampleRNG over the same batch layout."""
+    return SampleRNG(self.next_seed(), self.global_batch, self.offset)
+
+  def _draw(self, fn, shape, **kwargs):
+    shape = list(shape)
+    if self.global_batch is None:
+      return fn(shape, seed=self.next_seed(), **kwargs)
+    full = fn([self.global_batch] + shape[1:], seed=self.next_seed(), **kwargs)
+    return full[self.offset:self.offset + shape[0]]
+
+  def uniform(self, shape, minval=0.0, maxval=1.0, dtype=tf.float32):
+    """U[minval, maxval) of `shape`; shape[0] is the local batch."""
+    return self._draw(tf.random.stateless_uniform, shape, minval=minval,
+                      maxval=maxval, dtype=dtype)
+
+  def normal(self, shape, dtype=tf.float32):
+    """N(0, 1) of `shape`; shape[0] is the local batch."""
+    return self._draw(tf.random.stateless_normal, shape, dtype=dtype)
+
+  def integers(self, shape, minval, maxval, dtype=tf.int32):
+    """Integers uniform in [minval, maxval) of `shape`; shape[0] is the local batch."""
+    return self._draw(tf.random.stateless_uniform, shape, minval=minval,
+                      maxval=maxval, dtype=dtype)

@@ -1,0 +1,1 @@
+"""Training: the GAN (one D step, one G step) and the distributed Trainer."""

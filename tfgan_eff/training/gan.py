@@ -1,0 +1,198 @@
+"""The GAN: composes G, D, loss terms and an augmenter into one D step and one G step.
+
+Both steps run in replica context (inside `strategy.run`); `update_ema` runs in
+cross-replica context after the G step. The whole training step reads top to bottom:
+
+    D step (x disc_iters, each with fresh reals, z and augmentation):
+      fakes = G(z, y_fake)                      # no gradient to G
+      d_real, d_fake = D(T(reals), y), D(T(fakes), y_fake)
+      loss = Σ term.d_loss(ctx)                 # adversarial, R1, heads' losses ...
+      step D (+ heads); term.after_d_step; augment.update(d_real logits)
+    G step:
+      fakes = G(z, y_fake); d_fake = D(T(fakes), y_fake)
+      loss = Σ term.g_loss(ctx); step G; term.after_g_step
+    G_ema ← decay·G_ema + (1 − decay)·G
+"""
+
+import gin
+import tensorflow as tf
+
+from tfgan_eff.config import configurable
+from tfgan_eff.objectives.adversarial import Adversarial
+from tfgan_eff.rng import SampleRNG
+from tfgan_eff.training.context import StepContext
+from tfgan_eff.training.optimizers import adam
+
+
+def _replicas():
+  ctx = tf.distribute.get_replica_context()
+  return ctx.num_replicas_in_sync if ctx is not None else 1
+
+
+@configurable
+class GAN(tf.Module):
+  """G, D, terms, augmentation, optimizers and the EMA generator.
+
+  Args:
+    generator: a generator class or factory (gin: `@BigGANGenerator`); called twice, for G
+      and for its EMA copy.
+    discriminator: a discriminator class or factory (gin: `@BigGANDiscriminator`).
+    terms: loss terms; default `[Adversarial()]`.
+    augment: a differentiable augmenter applied to reals and fakes in both steps, or None.
+    g_optimizer, d_optimizer: Keras optimizers (gin: `@g/adam()`); default Adam(2e-4, 0, 0.999).
+    disc_iters: D steps per G step, each with fresh data and noise.
+    ema_decay: decay of the generator EMA; 0 disables it (G_ema tracks G).
+    ema_start_step: before this G step the EMA copies G (decay 0).
+    seed: seeds all per-step randomness (latents, labels, augmentation).
+  """
+
+  def __init__(self, generator=gin.REQUIRED, discriminator=gin.REQUIRED, terms=None,
+               augment=None, g_optimizer=None, d_optimizer=None, disc_iters=1,
+               ema_decay=0.999, ema_start_step=0, seed=0, name="gan"):
+    super().__init__(name=name)
+    if disc_iters < 1:
+      raise ValueError(f"GAN.disc_iters must be >= 1, got {disc_iters}.")
+    self.G = generator(name="generator")
+    self.G_ema = generator(name="generator_ema")
+    self.D = discriminator(name="discriminator")
+    self.terms = list(terms) if terms is not None else [Adversarial()]
+    self.augment = augment
+    self.g_optimizer = g_optimizer or adam()
+    self.d_optimizer = d_optimizer or adam()
+    self.disc_iters = disc_iters
+    self.ema_decay, self.ema_start_step = ema_decay, ema_start_step
+    self.seed = seed
+    if self.G.num_classes != self.D.num_classes:
+      raise ValueError(f"Generator has {self.G.num_classes} classes but discriminator has "
+                       f"{self.D.num_classes}; set both num_classes alike.")
+    self.num_classes = self.G.num_classes
+    self.built = False
+
+  # -- set-up ----------------------------------------------------------------------------
+  def d_variables(self):
+    vs = list(self.D.trainable_variables)
+    for t in self.terms:
+      vs += list(getattr(t, "d_variables", lambda: [])())
+    return vs
+
+  def g_variables(self):
+    return list(self.G.trainable_variables)
+
+  def build(self, local_batch, image_shape):
+    """Creates every variable (networks, heads, optimizer slots) by a dry run.
+
+    Call once inside `strategy.scope()`, in cross-replica context, before the first step.
+    """
+    z = tf.zeros([local_batch, self.G.z_dim])
+    y = tf.zeros([local_batch], tf.int32) if self.num_classes else None
+    reals = tf.zeros([local_batch, *image_shape])
+    for g in (self.G, self.G_ema):
+      g(z, y, training=False)
+    ctx = self._context("d", tf.constant(0, tf.int64), 0, {
+        "images": reals, "labels": tf.zeros([local_batch], tf.int32),
+        "true_labels": tf.zeros([local_batch], tf.int32)}, training=False)
+    ctx.d_real = self.D(reals, ctx.real_labels_for_d, training=False)
+    ctx.d_fake = self.D(ctx.fakes, ctx.fake_labels, training=False)
+    for t in self.terms:
+      t.build(ctx)
+    if hasattr(self.augment, "build"):
+      self.augment.build(image_shape)
+    self.g_optimizer.build(self.g_variables())
+    self.d_optimizer.build(self.d_variables())
+    for e, w in zip(self.G_ema.weights, self.G.weights):
+      e.assign(w)
+    self.built = True
+
+  # -- randomness --------------------------------------------------------------------------
+  def _rng(self, step, phase, local_batch):
+    """The SampleRNG of D step `phase` (0..disc_iters-1) or the G step (phase=disc_iters)."""
+    counter = tf.cast(step, tf.int64) * (self.disc_iters + 1) + phase
+    seed = tf.stack([tf.constant(self.seed, tf.int64), counter])
+    return SampleRNG.for_replica(seed, local_batch)
+
+  def sample_labels(self, rng, batch):
+    if not self.num_classes:
+      return None
+    return rng.integers([batch], 0, self.num_classes)
+
+  def _context(self, phase, step, index, batch, training=True):
+    reals = batch["images"]
+    b = reals.shape[0]
+    n = _replicas()
+    rng = self._rng(step, index, b)
+    z = rng.normal([b, self.G.z_dim])
+    y_fake = self.sample_labels(rng, b)
+    fakes = None
+    if phase == "d":
+      fakes = tf.stop_gradient(self.G(z, y_fake, training=training, rng=rng.child()))
+    labels = batch["labels"]
+    return StepContext(
+        gan=self, phase=phase, step=step,
+        d_step=tf.cast(step, tf.int64) * self.disc_iters + index, rng=rng,
+        global_batch=b * n, local_batch=b, num_replicas=n, reals=reals, labels=labels,
+        true_labels=batch["true_labels"], z=z, fake_labels=y_fake, fakes=fakes,
+        real_aug_seed=rng.next_seed(), fake_aug_seed=rng.next_seed(),
+        real_labels_for_d=labels if self.num_classes else None)
+
+  # -- steps (replica context) ------------------------------------------------------------
+  def d_step(self, batch, step, index):
+    """One D update on one replica's batch; returns metrics (summed over replicas)."""
+    ctx = self._context("d", step, index, batch)
+    with tf.GradientTape() as tape:
+      x = tf.concat([ctx.augment_reals(ctx.reals), ctx.augment_fakes(ctx.fakes)], 0)
+      y = None
+      if self.num_classes:
+        y = tf.concat([ctx.real_labels_for_d, ctx.fake_labels], 0)
+      out = self.D(x, y, training=True)
+      b = ctx.local_batch
+      ctx.d_real = {k: v[:b] for k, v in out.items()}
+      ctx.d_fake = {k: v[b:] for k, v in out.items()}
+      total, metrics = self._sum_terms(ctx, "d_loss")
+    variables = self.d_variables()
+    grads = tape.gradient(total, variables)
+    self.d_optimizer.apply_gradients(zip(grads, variables))
+    for t in self.terms:
+      t.after_d_step(ctx)
+    if hasattr(self.augment, "update"):
+      for k, v in self.augment.update(ctx.d_real["logits"], step, ctx.global_batch).items():
+        metrics[k] = ctx.scalar(v)
+    metrics["d_loss"] = total
+    return metrics
+
+  def g_step(self, batch, step):
+    """One G update on one replica's batch; returns metrics (summed over replicas)."""
+    ctx = self._context("g", step, self.disc_iters, batch)
+    with tf.GradientTape() as tape:
+      ctx.fakes = self.G(ctx.z, ctx.fake_labels, training=True, rng=ctx.rng.child())
+      ctx.d_fake = self.D(ctx.augment_fakes(ctx.fakes), ctx.fake_labels, training=True)
+      total, metrics = self._sum_terms(ctx, "g_loss")
+    variables = self.g_variables()
+    grads = tape.gradient(total, variables)
+    self.g_optimizer.apply_gradients(zip(grads, variables))
+    for t in self.terms:
+      t.after_g_step(ctx)
+    metrics["g_loss"] = total
+    return metrics
+
+  def _sum_terms(self, ctx, method):
+    total, metrics = tf.constant(0.0), {}
+    for t in self.terms:
+      loss, m = getattr(t, method)(ctx)
+      total += loss
+      for k, v in m.items():
+        if k in metrics:
+          raise ValueError(f"Two loss terms report the metric '{k}'; rename one.")
+        metrics[k] = v
+    return total, metrics
+
+  # -- EMA (cross-replica context) -------------------------------------------------------
+  def update_ema(self, step):
+    """G_ema ← d·G_ema + (1 − d)·G on all weights (BN statistics and SN vectors too)."""
+    d = tf.where(tf.cast(step, tf.int64) < self.ema_start_step, 0.0, self.ema_decay)
+    for e, w in zip(self.G_ema.weights, self.G.weights):
+      e.assign(d * e + (1.0 - d) * w)
+
+  # -- sampling --------------------------------------------------------------------------
+  def generate(self, z, y=None, truncation=1.0):
+    """EMA-generator samples in [-1, 1] (inference mode)."""
+    return self.G_ema(z, y, training=False, truncation=truncation)

@@ -1,0 +1,324 @@
+"""The training loop: tf.distribute, checkpoints, TensorBoard, progress. Knows no methods.
+
+It asks the GAN for `d_step` / `g_step` inside `strategy.run`, sums the metrics over
+replicas, and writes them. Swapping BigGAN for StyleGAN2 or adding InsGen never touches
+this file.
+"""
+
+import json
+import os
+import tempfile
+import time
+
+import gin
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfgan_eff.config import configurable
+from tfgan_eff.training import checkpoints
+from tfgan_eff.training.gan import GAN
+
+
+def atomic_write(path, data, mode="w"):
+  """Writes a file so that readers see the old or the new content, never a part."""
+  d = os.path.dirname(path) or "."
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+  with os.fdopen(fd, mode) as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+@gin.configurable
+def make_strategy(kind="auto", tpu_address=None):
+  """Builds the tf.distribute strategy.
+
+  kind: "auto" (MultiWorkerMirrored when TF_CONFIG names a cluster, Mirrored over several
+  GPUs, else one device), "one_device", "mirrored" (all GPUs; without GPUs all logical CPU
+  devices), "multi_worker", or "tpu" (with `tpu_address`).
+  """
+  gpus = tf.config.list_logical_devices("GPU")
+  if kind == "auto":
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    if len(tf_config.get("cluster", {}).get("worker", [])) > 1:
+      kind = "multi_worker"
+    elif len(gpus) > 1:
+      kind = "mirrored"
+    else:
+      kind = "one_device"
+  if kind == "one_device":
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+  if kind == "mirrored":
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    return tf.distribute.MirroredStrategy(devices)
+  if kind == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if kind == "tpu":
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  raise ValueError(f"make_strategy.kind must be auto, one_device, mirrored, multi_worker or "
+                   f"tpu; got '{kind}'.")
+
+
+def _to_uint8(images):
+  return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0, 255), tf.uint8)
+
+
+def image_grid(images, cols=None):
+  """uint8 [N, H, W, C] -> one uint8 [rows·H, cols·W, C] grid."""
+  images = np.asarray(images)
+  n, h, w, c = images.shape
+  cols = cols or int(np.ceil(np.sqrt(n)))
+  rows = int(np.ceil(n / cols))
+  grid = np.zeros([rows * h, cols * w, c], np.uint8)
+  for i in range(n):
+    r, q = divmod(i, cols)
+    grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
+  return grid
+
+
+def write_png(path, grid):
+  atomic_write(path, tf.io.encode_png(grid).numpy(), mode="wb")
+
+
+@configurable
+class Trainer:
+  """Trains a GAN on an ImageData source.
+
+  Args:
+    model_dir: where checkpoints, the gin config, TensorBoard events and samples go; an
+      existing checkpoint there is resumed from.
+    data: an `ImageData` (gin: `Trainer.data = @ImageData()`).
+    train_steps: number of G steps in total (a resumed run continues up to it).
+    batch_size: the global batch (all replicas); must be divisible by the replica count.
+    log_every: console progress line interval (steps).
+    summary_every: TensorBoard scalar interval.
+    image_every: fixed-noise EMA sample grid interval.
+    checkpoint_every: checkpoint interval; the last N are kept.
+    keep_checkpoints: N.
+    num_samples_grid: samples in the grid.
+    eval_every: evaluation interval (0: none); uses `evaluator`.
+    evaluator: an `Evaluator` from tfgan_eff.eval (gin: `@Evaluator()`), or None.
+  """
+
+  def __init__(self, model_dir=gin.REQUIRED, data=gin.REQUIRED, train_steps=1000,
+               batch_size=64, log_every=10, summary_every=25, image_every=250,
+               checkpoint_every=500, keep_checkpoints=3, num_samples_grid=64,
+               eval_every=0, evaluator=None, strategy=None):
+    self.model_dir = os.path.expanduser(model_dir)
+    self.data = data
+    self.train_steps, self.batch_size = train_steps, batch_size
+    self.log_every, self.summary_every = log_every, summary_every
+    self.image_every, self.checkpoint_every = image_every, checkpoint_every
+    self.keep_checkpoints, self.num_samples_grid = keep_checkpoints, num_samples_grid
+    self.eval_every, self.evaluator = eval_every, evaluator
+    self.strategy = strategy or make_strategy()
+    n = self.strategy.num_replicas_in_sync
+    if batch_size % n:
+      raise ValueError(
+          f"Trainer.batch_size={batch_size} is not divisible by the {n} replicas; use a "
+          f"multiple of {n} (e.g. {batch_size + n - batch_size % n}).")
+    self.local_batch = batch_size // n
+    with self.strategy.scope():
+      self.gan = GAN()
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self._check_compatible()
+      shape = (data.resolution, data.resolution, data.channels)
+      self.gan.build(self.local_batch, shape)
+    self.ckpt = tf.train.Checkpoint(step=self.step, gan=self.gan)
+    self.is_chief = self._is_chief()
+    ckpt_dir = os.path.join(self.model_dir, "checkpoints")
+    if not self.is_chief:  # TF requires every worker to save; others save to scratch
+      ckpt_dir = tempfile.mkdtemp(prefix="tfgan_eff-worker-")
+    self.manager = tf.train.CheckpointManager(self.ckpt, ckpt_dir,
+                                              max_to_keep=keep_checkpoints)
+
+  def _is_chief(self):
+    resolver = getattr(self.strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+      return True
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0 and
+        "chief" not in resolver.cluster_spec().as_dict())
+
+  def _check_compatible(self):
+    g, d = self.gan.G, self.gan.D
+    if g.resolution != self.data.resolution or g.channels != self.data.channels:
+      raise ValueError(
+          f"The generator makes {g.resolution}px images with {g.channels} channels but the "
+          f"data is {self.data.resolution}px with {self.data.channels}; set the model's "
+          f"resolution/channels to the data's (gin macros RESOLUTION / CHANNELS).")
+    if d.resolution != self.data.resolution or d.channels != self.data.channels:
+      raise ValueError(f"The discriminator expects {d.resolution}px, {d.channels} channels "
+                       f"but the data is {self.data.resolution}px, {self.data.channels}.")
+    if self.gan.num_classes and self.data.num_classes != self.gan.num_classes:
+      raise ValueError(
+          f"The models are conditional on {self.gan.num_classes} classes but the data has "
+          f"{self.data.num_classes}; set NUM_CLASSES to {self.data.num_classes} (or 0 for an "
+          f"unconditional GAN).")
+
+  # -- steps ------------------------------------------------------------------------------
+  def _make_train_step(self):
+    gan, strategy = self.gan, self.strategy
+
+    @tf.function
+    def train_step(iterator):
+      step = self.step.read_value()
+      metrics = {}
+      for i in range(gan.disc_iters):
+        batch = next(iterator)
+        metrics = strategy.run(gan.d_step, args=(batch, step, tf.constant(i, tf.int64)))
+      batch = next(iterator)
+      metrics.update(strategy.run(gan.g_step, args=(batch, step)))
+      gan.update_ema(step + 1)
+      self.step.assign_add(1)
+      return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+              for k, v in metrics.items()}
+
+    return train_step
+
+  def fixed_inputs(self, n):
+    """The fixed noise (and labels cycling over classes) of the sample grids."""
+    z = tf.random.stateless_normal([n, self.gan.G.z_dim], seed=[self.gan.seed, 12345])
+    y = (tf.range(n) % self.gan.num_classes) if self.gan.num_classes else None
+    return z, y
+
+  def samples(self, n):
+    z, y = self.fixed_inputs(n)
+    return _to_uint8(self.gan.generate(z, y)).numpy()
+
+  # -- the loop ----------------------------------------------------------------------------
+  def restore(self):
+    path = self.manager.latest_checkpoint
+    if path:
+      checkpoints.restore(self.ckpt, path)
+      logging.info("Resumed from %s at step %d.", path, int(self.step.numpy()))
+    return path
+
+  def train(self):
+    os.makedirs(self.model_dir, exist_ok=True)
+    atomic_write(os.path.join(self.model_dir, "config.gin"), gin.config_str())
+    self.restore()
+    start = int(self.step.numpy())
+    if start >= self.train_steps:
+      logging.info("Already trained to step %d (train_steps=%d); nothing to do.", start,
+                   self.train_steps)
+      self._write_final_samples()
+      return
+    per_step = (self.gan.disc_iters + 1) * self.batch_size
+    dataset = self.strategy.distribute_datasets_from_function(
+        self.data.dataset_fn(self.batch_size, start_sample=start * per_step))
+    iterator = iter(dataset)
+    train_step = self._make_train_step()
+    writer = tf.summary.create_file_writer(
+        os.path.join(self.model_dir, "train") if self.is_chief else
+        tempfile.mkdtemp(prefix="tfgan_eff-summaries-"))
+    logging.info("Training %s from step %d to %d: global batch %d on %d replica(s), "
+                 "%d D step(s) per G step.", type(self.gan.G).__name__, start,
+                 self.train_steps, self.batch_size, self.strategy.num_replicas_in_sync,
+                 self.gan.disc_iters)
+    times, t_last = [], time.perf_counter()
+    operative_written = False
+    with writer.as_default():
+      for step in range(start + 1, self.train_steps + 1):
+        metrics = train_step(iterator)
+        if not operative_written:  # after the first step every configurable has been used
+          atomic_write(os.path.join(self.model_dir, "operative_config.gin"),
+                       gin.operative_config_str())
+          operative_written = True
+        now = time.perf_counter()
+        times.append(now - t_last)
+        t_last = now
+        if step == start + 1:
+          times.clear()  # the first step includes tracing
+        self._periodic(step, metrics, times, per_step)
+    self.manager.save(checkpoint_number=self.train_steps)
+    self._write_final_samples()
+    logging.info("Done: step %d, checkpoint %s.", self.train_steps,
+                 self.manager.latest_checkpoint)
+
+  def _periodic(self, step, metrics, times, per_step):
+    last = step == self.train_steps
+    step_time = float(np.median(times[-50:])) if times else float("nan")
+    if step % self.summary_every == 0 or last:
+      for k, v in metrics.items():
+        tf.summary.scalar(f"losses/{k}" if "loss" in k else f"metrics/{k}", v, step=step)
+      tf.summary.scalar("perf/step_time_s", step_time, step=step)
+      tf.summary.scalar("perf/images_per_sec", per_step / step_time, step=step)
+      for name, opt in (("g", self.gan.g_optimizer), ("d", self.gan.d_optimizer)):
+        tf.summary.scalar(f"lr/{name}", float(opt.learning_rate), step=step)
+    if step % self.log_every == 0 or last:
+      eta = (self.train_steps - step) * step_time
+      shown = " ".join(f"{k} {float(v):.3f}" for k, v in sorted(metrics.items())
+                       if k in ("d_loss", "g_loss", "ada_p", "r1_penalty"))
+      logging.info("step %d/%d | %.1f img/s | %.3f s/step | ETA %s | %s", step,
+                   self.train_steps, per_step / step_time, step_time,
+                   time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?",
+                   shown)
+    if step % self.image_every == 0 or last:
+      grid = image_grid(self.samples(self.num_samples_grid))
+      tf.summary.image("samples/ema_fixed_noise", grid[None], step=step)
+    if self.eval_every and self.evaluator is not None and (step % self.eval_every == 0 or last):
+      self.evaluate(step)
+    if step % self.checkpoint_every == 0 and not last:
+      self.manager.save(checkpoint_number=step)
+
+  def evaluate(self, step):
+    """Runs the configured evaluator on the EMA generator and writes the results."""
+    results = self.evaluator.evaluate(self.generate_uint8, self.data.eval_batches,
+                                      self.data.name)
+    for k, v in results.items():
+      if isinstance(v, (int, float, np.floating)):
+        tf.summary.scalar(f"eval/{k}", v, step=step)
+    logging.info("eval at step %d: %s", step, results)
+    return results
+
+  def generate_uint8(self, n, truncation=1.0, seed=None):
+    """n EMA samples as uint8 numpy, in batches of the training batch size."""
+    out, done = [], 0
+    seed = self._eval_seed if seed is None else seed
+    while done < n:
+      b = min(self.batch_size, n - done)
+      z = tf.random.stateless_normal([b, self.gan.G.z_dim], seed=[seed, done])
+      y = (tf.random.stateless_uniform([b], seed=[seed + 1, done], maxval=self.gan.num_classes,
+                                       dtype=tf.int32) if self.gan.num_classes else None)
+      out.append(_to_uint8(self.gan.generate(z, y, truncation)).numpy())
+      done += b
+    self._eval_seed = seed + 2
+    return np.concatenate(out)
+
+  _eval_seed = 1000
+
+  def _write_final_samples(self):
+    if self.is_chief:
+      write_png(os.path.join(self.model_dir, "samples.png"),
+                image_grid(self.samples(self.num_samples_grid)))
+
+
+def load_gan(model_dir, checkpoint_path=None):
+  """Rebuilds the GAN of a run from its saved gin config and restores its checkpoint.
+
+  Returns (gan, step). Uses the default strategy; data is not loaded.
+  """
+  model_dir = os.path.expanduser(model_dir)
+  cfg = os.path.join(model_dir, "config.gin")
+  if not os.path.exists(cfg):
+    raise FileNotFoundError(f"'{model_dir}' is not a tfgan_eff run directory (no config.gin). "
+                            f"Pass the --model_dir that bin/train wrote.")
+  import tfgan_eff.configurables  # noqa: F401  pylint: disable=import-outside-toplevel
+  from tfgan_eff import config  # pylint: disable=import-outside-toplevel
+  gin.clear_config()
+  config.parse([cfg], [])
+  path = checkpoint_path or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  if not path:
+    raise FileNotFoundError(f"No checkpoint in '{model_dir}/checkpoints'. Train first.")
+  gan = GAN()
+  g = gan.G
+  gan.build(1, (g.resolution, g.resolution, g.channels))
+  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+  checkpoints.restore(tf.train.Checkpoint(step=step, gan=gan), path)
+  return gan, int(step.numpy())
