@@ -15,11 +15,13 @@ cross-replica context after the G step. The whole training step reads top to bot
 """
 
 import gin
+import keras
 import tensorflow as tf
 
 from tfgan_eff.config import configurable
 from tfgan_eff.objectives.adversarial import Adversarial
 from tfgan_eff.rng import SampleRNG
+from tfgan_eff.training import checkpoints
 from tfgan_eff.training.context import StepContext
 from tfgan_eff.training.optimizers import adam
 
@@ -52,6 +54,7 @@ class GAN(tf.Module):
     super().__init__(name=name)
     if disc_iters < 1:
       raise ValueError(f"GAN.disc_iters must be >= 1, got {disc_iters}.")
+    keras.utils.set_random_seed(seed)  # initial weights follow the config seed
     self.G = generator(name="generator")
     self.G_ema = generator(name="generator_ema")
     self.D = discriminator(name="discriminator")
@@ -102,6 +105,16 @@ class GAN(tf.Module):
     for e, w in zip(self.G_ema.weights, self.G.weights):
       e.assign(w)
     self.built = True
+
+  def checkpoint_items(self):
+    """Everything a checkpoint holds, as flat path-keyed variable dicts."""
+    items = {"G": self.G, "G_ema": self.G_ema, "D": self.D, "g_optimizer": self.g_optimizer,
+             "d_optimizer": self.d_optimizer}
+    for i, t in enumerate(self.terms):
+      items[f"term{i}_{t.name}"] = t
+    if isinstance(self.augment, tf.Module):
+      items["augment"] = self.augment
+    return {k: checkpoints.variables_by_path(v) for k, v in items.items()}
 
   # -- randomness --------------------------------------------------------------------------
   def _rng(self, step, phase, local_batch):

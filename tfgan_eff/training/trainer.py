@@ -129,7 +129,7 @@ class Trainer:
       self._check_compatible()
       shape = (data.resolution, data.resolution, data.channels)
       self.gan.build(self.local_batch, shape)
-    self.ckpt = tf.train.Checkpoint(step=self.step, gan=self.gan)
+    self.ckpt = tf.train.Checkpoint(step=self.step, **self.gan.checkpoint_items())
     self.is_chief = self._is_chief()
     ckpt_dir = os.path.join(self.model_dir, "checkpoints")
     if not self.is_chief:  # TF requires every worker to save; others save to scratch
@@ -250,7 +250,7 @@ class Trainer:
       tf.summary.scalar("perf/step_time_s", step_time, step=step)
       tf.summary.scalar("perf/images_per_sec", per_step / step_time, step=step)
       for name, opt in (("g", self.gan.g_optimizer), ("d", self.gan.d_optimizer)):
-        tf.summary.scalar(f"lr/{name}", float(opt.learning_rate), step=step)
+        tf.summary.scalar(f"lr/{name}", tf.convert_to_tensor(opt.learning_rate), step=step)
     if step % self.log_every == 0 or last:
       eta = (self.train_steps - step) * step_time
       shown = " ".join(f"{k} {float(v):.3f}" for k, v in sorted(metrics.items())
@@ -320,5 +320,5 @@ def load_gan(model_dir, checkpoint_path=None):
   g = gan.G
   gan.build(1, (g.resolution, g.resolution, g.channels))
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  checkpoints.restore(tf.train.Checkpoint(step=step, gan=gan), path)
+  checkpoints.restore(tf.train.Checkpoint(step=step, **gan.checkpoint_items()), path)
   return gan, int(step.numpy())

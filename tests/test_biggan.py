@@ -1,0 +1,101 @@
+"""BigGAN networks and layers: shapes, spectral norm, projection, attention."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfgan_eff.models import layers
+from tfgan_eff.models.biggan import BigGANDiscriminator, BigGANGenerator, count_params
+
+
+@pytest.mark.parametrize("resolution", [32, 64, 128, 256])
+@pytest.mark.parametrize("num_classes", [0, 5])
+def test_shapes(resolution, num_classes):
+  g = BigGANGenerator(resolution=resolution, ch=2, z_dim=28, num_classes=num_classes,
+                      shared_dim=4, channels=3)
+  d = BigGANDiscriminator(resolution=resolution, ch=2, num_classes=num_classes, channels=3)
+  y = tf.constant([0, 1]) if num_classes else None
+  x = g(tf.random.normal([2, g.z_dim]), y, training=True)
+  assert x.shape == (2, resolution, resolution, 3)
+  assert float(tf.reduce_max(tf.abs(x))) <= 1.0
+  out = d(x, y, training=True)
+  assert out["logits"].shape == (2,)
+  assert out["features"].shape == (2, d.feature_dim)
+  fmap = out["feature_map"]
+  assert fmap.shape[0] == 2 and fmap.shape[-1] == d.feature_dim
+  np.testing.assert_allclose(tf.reduce_sum(fmap, [1, 2]), out["features"], rtol=1e-5)
+
+
+def test_hierarchical_z_rounds_to_chunks():
+  assert BigGANGenerator(resolution=128, ch=2, z_dim=120).z_dim == 120  # 6 chunks of 20
+  assert BigGANGenerator(resolution=128, ch=2, z_dim=128).z_dim == 126  # 6 chunks of 21
+  assert BigGANGenerator(resolution=32, ch=2, z_dim=128).z_dim == 128   # 4 chunks of 32
+
+
+def test_imagenet128_parameter_counts_match_compare_gan():
+  g = BigGANGenerator(resolution=128, ch=96, z_dim=120, num_classes=1000)
+  d = BigGANDiscriminator(resolution=128, ch=96, num_classes=1000)
+  d(g(tf.zeros([1, 120]), tf.constant([0])), tf.constant([0]))
+  assert count_params(g) == 70_433_988
+  assert count_params(d) == 87_982_370
+
+
+def test_spectral_norm_bounds_largest_singular_value():
+  layer = layers.SNConv2D(16, 3)
+  x = tf.random.normal([2, 8, 8, 6])
+  layer(x)
+  layer.kernel.assign(layer.kernel * 50.0)
+  for _ in range(30):  # power iterations happen in training calls
+    layer(x, training=True)
+  assert abs(float(layer.singular_value()) - 1.0) < 1e-2
+  dense = layers.SNDense(7)
+  dense(tf.zeros([1, 13]))
+  for _ in range(30):
+    dense(tf.zeros([1, 13]), training=True)
+  assert abs(float(dense.singular_value()) - 1.0) < 1e-2
+
+
+def test_spectral_norm_u_only_updates_in_training():
+  layer = layers.SNDense(4)
+  layer(tf.zeros([1, 3]))
+  u0 = layer.sn_u.numpy().copy()
+  layer(tf.zeros([1, 3]), training=False)
+  np.testing.assert_array_equal(layer.sn_u.numpy(), u0)
+  layer(tf.zeros([1, 3]), training=True)
+  assert not np.allclose(layer.sn_u.numpy(), u0)
+
+
+def test_projection_ignores_unknown_labels_and_accepts_soft_labels():
+  d = BigGANDiscriminator(resolution=32, ch=2, num_classes=4, channels=1)
+  x = tf.random.normal([3, 32, 32, 1])
+  plain = d(x)["logits"]
+  hidden = d(x, tf.constant([-1, -1, -1]))["logits"]
+  np.testing.assert_allclose(plain, hidden, rtol=1e-6)
+  hard = d(x, tf.constant([0, 2, 3]))["logits"]
+  soft = d(x, tf.one_hot([0, 2, 3], 4))["logits"]
+  np.testing.assert_allclose(hard, soft, rtol=1e-5)
+  assert not np.allclose(hard, plain)
+
+
+def test_truncation_zero_gives_class_mean():
+  g = BigGANGenerator(resolution=32, ch=2, z_dim=16, num_classes=3, channels=1)
+  y = tf.constant([1, 1])
+  a = g(tf.random.normal([2, g.z_dim]), y, truncation=0.0)
+  np.testing.assert_allclose(a[0], a[1], atol=1e-6)
+
+
+def test_cross_replica_batch_norm_matches_global_statistics():
+  bn = layers.CrossReplicaBatchNorm(center=False, scale=False)
+  x = tf.random.normal([8, 4, 4, 3]) * 3.0 + 1.0
+  y = bn(x, training=True)
+  np.testing.assert_allclose(tf.reduce_mean(y, [0, 1, 2]), 0.0, atol=1e-5)
+  np.testing.assert_allclose(tf.math.reduce_std(y, [0, 1, 2]), 1.0, atol=1e-3)
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  with strategy.scope():
+    bn2 = layers.CrossReplicaBatchNorm(center=False, scale=False)
+    bn2.build(x.shape)
+  dist = strategy.experimental_distribute_values_from_function(
+      lambda ctx: x[ctx.replica_id_in_sync_group * 4:(ctx.replica_id_in_sync_group + 1) * 4])
+  out = strategy.run(lambda v: bn2(v, training=True), args=(dist,))
+  y2 = tf.concat(strategy.experimental_local_results(out), 0)
+  np.testing.assert_allclose(y2, y, atol=1e-5)

@@ -1,0 +1,145 @@
+"""The training loop: replica equivalence, resume, checkpoints, errors, export."""
+
+import os
+import subprocess
+import sys
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT
+from tfgan_eff import config
+from tfgan_eff.training import checkpoints
+from tfgan_eff.training.trainer import Trainer, load_gan
+
+
+def _one_device():
+  return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def _two_replicas():
+  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def _weights(model):
+  return [w.numpy() for w in model.weights]
+
+
+def _train(tmp, strategy, steps=1):
+  trainer = Trainer(model_dir=str(tmp), strategy=strategy, train_steps=steps)
+  trainer.train()
+  return trainer
+
+
+# Adam's first step with beta_1=0 is lr·g/(|g| + eps), i.e. ±lr for any gradient well above
+# eps, so float noise in a near-zero gradient would flip a whole ±lr update. A large eps makes
+# the step linear in g, and the test then compares the gradients themselves.
+LINEAR_ADAM = ["g/adam.epsilon = 1.0", "d/adam.epsilon = 1.0", "g/adam.learning_rate = 0.01",
+               "d/adam.learning_rate = 0.01", "GAN.g_optimizer = @g/adam()",
+               "GAN.d_optimizer = @d/adam()"]
+
+
+@pytest.mark.parametrize("extra", [[], ["GAN.terms = [@Adversarial(), @R1Penalty()]",
+                                        "Adversarial.loss = 'non_saturating'"]])
+def test_one_vs_two_replicas_give_the_same_weights(tiny_gin, tmp_path, extra):
+  tiny_gin(*LINEAR_ADAM, *extra)
+  t1 = Trainer(model_dir=str(tmp_path / "one"), strategy=_one_device(), train_steps=1)
+  before = _weights(t1.gan.D)
+  t1.train()
+  t2 = _train(tmp_path / "two", _two_replicas())
+  for a, b in zip(_weights(t1.gan.G) + _weights(t1.gan.D) + _weights(t1.gan.G_ema),
+                  _weights(t2.gan.G) + _weights(t2.gan.D) + _weights(t2.gan.G_ema)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-5)
+  moved = [np.abs(a - b).max() for a, b in zip(before, _weights(t1.gan.D))]
+  assert max(moved) > 1e-3  # the step did change D
+
+
+def test_resume_continues_step_count_and_loss_curve(tiny_gin, tmp_path):
+  tiny_gin(*LINEAR_ADAM, "Trainer.checkpoint_every = 2")
+  straight = Trainer(model_dir=str(tmp_path / "a"), strategy=_one_device(), train_steps=4)
+  straight.train()
+  first = Trainer(model_dir=str(tmp_path / "b"), strategy=_one_device(), train_steps=2)
+  first.train()
+  resumed = Trainer(model_dir=str(tmp_path / "b"), strategy=_one_device(), train_steps=4)
+  assert resumed.restore() is not None and int(resumed.step.numpy()) == 2
+  resumed.train()
+  assert int(resumed.step.numpy()) == 4
+  for a, b in zip(_weights(straight.gan.G) + _weights(straight.gan.D),
+                  _weights(resumed.gan.G) + _weights(resumed.gan.D)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-5)
+  files = os.listdir(tmp_path / "b")
+  for f in ("config.gin", "operative_config.gin", "samples.png", "train", "checkpoints"):
+    assert f in files
+
+
+def test_checkpoint_holds_every_variable_including_optimizer_slots(tiny_gin, tmp_path):
+  tiny_gin()
+  t = _train(tmp_path, _one_device())
+  saved = tf.train.load_checkpoint(t.manager.latest_checkpoint).get_variable_to_shape_map()
+  expected = sum(len(v) for v in t.gan.checkpoint_items().values()) + 2  # step, save_counter
+  assert len([k for k in saved if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]) == expected
+  slots = [v for v in t.gan.d_optimizer.variables if "velocity" in v.path]
+  assert len(slots) == len(t.gan.d_variables())
+  assert any("block2" in k and "velocity" in k and k.startswith("d_optimizer") for k in saved)
+
+
+def test_checkpoint_of_another_architecture_fails_clearly(tiny_gin, tmp_path):
+  tiny_gin()
+  _train(tmp_path, _one_device())
+  tiny_gin("BigGANDiscriminator.ch = 8")
+  other = Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=2)
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="different architecture"):
+    other.restore()
+
+
+def test_batch_not_divisible_by_replicas(tiny_gin, tmp_path):
+  tiny_gin("Trainer.batch_size = 7")
+  with pytest.raises(ValueError, match="not divisible by the 2 replicas.*multiple of 2"):
+    Trainer(model_dir=str(tmp_path), strategy=_two_replicas())
+
+
+def test_unknown_gin_key_fails_clearly():
+  gin.clear_config()
+  with pytest.raises(ValueError, match="Bad gin configuration.*'GAN'.*'dsic_iters'"):
+    config.parse([], ["GAN.dsic_iters = 3"])
+  with pytest.raises(ValueError, match="Bad gin configuration"):
+    config.parse([], ["NoSuchThing.x = 3"])
+  with pytest.raises(FileNotFoundError, match="gin file 'missing.gin' does not exist"):
+    config.parse(["missing.gin"], [])
+  gin.clear_config()
+
+
+def test_mismatched_data_and_model_fail_clearly(tiny_gin, tmp_path):
+  tiny_gin("BigGANGenerator.resolution = 64")
+  with pytest.raises(ValueError, match="generator makes 64px"):
+    Trainer(model_dir=str(tmp_path), strategy=_one_device())
+
+
+def test_export_loads_in_a_fresh_process(tiny_gin, tmp_path):
+  tiny_gin()
+  _train(tmp_path, _one_device())
+  gin.clear_config()
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  subprocess.run([sys.executable, os.path.join(ROOT, "bin", "export"),
+                  f"--model_dir={tmp_path}", f"--export_dir={tmp_path / 'export'}"],
+                 check=True, env=env, capture_output=True)
+  code = (f"import tensorflow as tf; m = tf.saved_model.load(r'{tmp_path / 'export'}');"
+          "x = m.generate(tf.random.normal([3, int(m.z_dim)]), tf.constant([1, 2, 3]));"
+          "y = m.signatures['serving_default'](z=tf.random.normal([2, int(m.z_dim)]), "
+          "labels=tf.constant([0, 1]), truncation=tf.constant(0.5))['images'];"
+          "print(x.dtype.name, tuple(x.shape), y.dtype.name, tuple(y.shape))")
+  out = subprocess.run([sys.executable, "-c", code], check=True, env=env,
+                       capture_output=True, text=True).stdout.strip().splitlines()[-1]
+  assert out == "uint8 (3, 32, 32, 1) uint8 (2, 32, 32, 1)"
+
+
+def test_load_gan_restores_the_ema_generator(tiny_gin, tmp_path):
+  tiny_gin()
+  t = _train(tmp_path, _one_device(), steps=2)
+  gan, step = load_gan(str(tmp_path))
+  assert step == 2
+  for a, b in zip(_weights(t.gan.G_ema), _weights(gan.G_ema)):
+    np.testing.assert_array_equal(a, b)
+  gin.clear_config()

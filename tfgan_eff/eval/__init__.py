@@ -1,0 +1,23 @@
+"""Evaluation: FID / IS / KID / precision-recall on Inception (or toy digits) features.
+
+Metric maths (numpy/scipy, float64) in `metrics`, feature extractors in `features` and
+`inception`, and the gin-configurable `Evaluator` that ties them to a generator and a
+cached real set. Nothing here downloads at import time.
+"""
+
+from tfgan_eff.eval.evaluator import Evaluator, make_extractor
+from tfgan_eff.eval.features import (DigitsClassifierExtractor, FeatureExtractor,
+                                     heldout_digits, to_uint8)
+from tfgan_eff.eval.inception import (InceptionExtractor, InceptionNotFoundError,
+                                      load_inception, locate_inception)
+from tfgan_eff.eval.metrics import (StreamingMoments, frechet_distance, inception_score,
+                                    kernel_inception_distance, load_reference_stats,
+                                    precision_recall, trace_sqrt_product)
+
+__all__ = [
+    "Evaluator", "make_extractor", "DigitsClassifierExtractor", "FeatureExtractor",
+    "heldout_digits", "to_uint8", "InceptionExtractor", "InceptionNotFoundError",
+    "load_inception", "locate_inception", "StreamingMoments", "frechet_distance",
+    "inception_score", "kernel_inception_distance", "load_reference_stats",
+    "precision_recall", "trace_sqrt_product",
+]
