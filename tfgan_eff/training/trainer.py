@@ -84,6 +84,19 @@ def write_png(path, grid):
   atomic_write(path, tf.io.encode_png(grid).numpy(), mode="wb")
 
 
+def generate_uint8(gan, n, batch_size=64, seed=0, truncation=1.0):
+  """n samples of the EMA generator as uint8 numpy [n, H, W, C]; labels uniform."""
+  out, done = [], 0
+  while done < n:
+    b = min(batch_size, n - done)
+    z = tf.random.stateless_normal([b, gan.G.z_dim], seed=[seed, done])
+    y = (tf.random.stateless_uniform([b], seed=[seed + 1, done], maxval=gan.num_classes,
+                                     dtype=tf.int32) if gan.num_classes else None)
+    out.append(_to_uint8(gan.generate(z, y, truncation)).numpy())
+    done += b
+  return np.concatenate(out)
+
+
 @configurable
 class Trainer:
   """Trains a GAN on an ImageData source.
@@ -277,19 +290,10 @@ class Trainer:
     logging.info("eval at step %d: %s", step, results)
     return results
 
-  def generate_uint8(self, n, truncation=1.0, seed=None):
-    """n EMA samples as uint8 numpy, in batches of the training batch size."""
-    out, done = [], 0
-    seed = self._eval_seed if seed is None else seed
-    while done < n:
-      b = min(self.batch_size, n - done)
-      z = tf.random.stateless_normal([b, self.gan.G.z_dim], seed=[seed, done])
-      y = (tf.random.stateless_uniform([b], seed=[seed + 1, done], maxval=self.gan.num_classes,
-                                       dtype=tf.int32) if self.gan.num_classes else None)
-      out.append(_to_uint8(self.gan.generate(z, y, truncation)).numpy())
-      done += b
-    self._eval_seed = seed + 2
-    return np.concatenate(out)
+  def generate_uint8(self, n, truncation=1.0):
+    """n EMA samples as uint8 numpy (a fresh seed per call, deterministic per run)."""
+    self._eval_seed += 1
+    return generate_uint8(self.gan, n, self.batch_size, self._eval_seed, truncation)
 
   _eval_seed = 1000
 
