@@ -45,3 +45,17 @@ def tiny_gin():
     gin.parse_config(TINY + list(extra))
   yield parse
   gin.clear_config()
+
+
+_MIRRORED = []
+
+
+def mirrored():
+  """The one 2-replica MirroredStrategy of the test session.
+
+  Separate MirroredStrategy objects in one process reuse collective instance keys; a second
+  one then aborts with 'Shape mismatch in the collective instance'. All tests share this one.
+  """
+  if not _MIRRORED:
+    _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+  return _MIRRORED[0]

@@ -1,5 +1,6 @@
 """DiffAugment ops and policies, the ADA pipeline and its p controller, the exact warp."""
 
+import conftest
 import math
 
 import gin
@@ -423,7 +424,7 @@ def test_linear_and_fixed_modes():
 
 
 def test_controller_and_pipeline_under_mirrored_strategy():
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = conftest.mirrored()
   with strategy.scope():
     a = AdaptiveAugment(interval=2, speed_kimg=0.1, pipeline="bgc,cutout")
   single = AdaptiveAugment(interval=2, speed_kimg=0.1, pipeline="bgc,cutout")

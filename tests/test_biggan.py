@@ -1,5 +1,6 @@
 """BigGAN networks and layers: shapes, spectral norm, projection, attention."""
 
+import conftest
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -90,7 +91,7 @@ def test_cross_replica_batch_norm_matches_global_statistics():
   y = bn(x, training=True)
   np.testing.assert_allclose(tf.reduce_mean(y, [0, 1, 2]), 0.0, atol=1e-5)
   np.testing.assert_allclose(tf.math.reduce_std(y, [0, 1, 2]), 1.0, atol=1e-3)
-  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  strategy = conftest.mirrored()
   with strategy.scope():
     bn2 = layers.CrossReplicaBatchNorm(center=False, scale=False)
     bn2.build(x.shape)

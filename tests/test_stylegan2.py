@@ -1,6 +1,7 @@
 """StyleGAN2 networks and layers: shapes, resampling, equalized lr, modulation, styles,
 noise and randomness, minibatch std, projection, gradients, XLA and tf.distribute."""
 
+import conftest
 import keras
 import numpy as np
 import pytest
@@ -346,7 +347,7 @@ def test_two_replicas_match_one_replica_and_update_w_avg():
   devices = tf.config.list_logical_devices("CPU")
   if len(devices) < 2:
     pytest.skip("needs two logical CPU devices")
-  strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+  strategy = conftest.mirrored()
   z = tf.random.normal([4, 8])
   g1 = tiny_g(style_mixing_prob=0.5)
   g1.build(None)

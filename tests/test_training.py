@@ -1,5 +1,6 @@
 """The training loop: replica equivalence, resume, checkpoints, errors, export."""
 
+import conftest
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ def _one_device():
 
 
 def _two_replicas():
-  return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  return conftest.mirrored()
 
 
 def _weights(model):
