@@ -15,6 +15,15 @@ class Term(tf.Module):
     """Creates heads/state from a dry run's context (once, inside strategy.scope())."""
     del ctx
 
+  def predict_labels(self, ctx):
+    """Labels for unlabelled reals (S3GAN), from `ctx.d_real`, or None (the default).
+
+    Int [b] or probabilities [b, classes]; the GAN projects D's features of the reals
+    labelled -1 on them, under stop-gradient, before any term's `d_loss` runs.
+    """
+    del ctx
+    return None
+
   def d_loss(self, ctx):
     """-> (scalar loss for this replica, {name: metric}) in the D step."""
     return tf.constant(0.0), {}

@@ -6,12 +6,17 @@ cross-replica context after the G step. The whole training step reads top to bot
     D step (x disc_iters, each with fresh reals, z and augmentation):
       fakes = G(z, y_fake)                      # no gradient to G
       d_real, d_fake = D(T(reals), y), D(T(fakes), y_fake)
+      unlabelled reals: + D.project(features, term.predict_labels(ctx))   # e.g. S3GAN
       loss = Σ term.d_loss(ctx)                 # adversarial, R1, heads' losses ...
       step D (+ heads); term.after_d_step; augment.update(d_real logits)
     G step:
       fakes = G(z, y_fake); d_fake = D(T(fakes), y_fake)
       loss = Σ term.g_loss(ctx); step G; term.after_g_step
     G_ema ← decay·G_ema + (1 − decay)·G
+
+Two more hooks keep methods out of this file: `warm_start(gan)` runs once the networks exist
+and before the optimizers do (transfer learning: load, freeze, wrap); `make_discriminator`
+gives terms a fresh D of the same configuration (momentum copies, as InsGen's).
 """
 
 import gin
@@ -45,18 +50,26 @@ class GAN(tf.Module):
     disc_iters: D steps per G step, each with fresh data and noise.
     ema_decay: decay of the generator EMA; 0 disables it (G_ema tracks G).
     ema_start_step: before this G step the EMA copies G (decay 0).
+    ema_kimg: if set, StyleGAN2's EMA instead of `ema_decay`: a half-life of `ema_kimg`
+      thousand images, decay = 0.5 ** (global_batch / (1000·ema_kimg)).
+    ema_rampup: with `ema_kimg`, caps the half-life at `ema_rampup` × images seen so far
+      (StyleGAN2-ADA: 0.05; None: no ramp-up).
+    warm_start: a callable `f(gan)` run after the networks are built and before the
+      optimizers are (e.g. `@AdaFMTransfer()`: load a source model, freeze, wrap layers).
     seed: seeds all per-step randomness (latents, labels, augmentation).
   """
 
   def __init__(self, generator=gin.REQUIRED, discriminator=gin.REQUIRED, terms=None,
                augment=None, g_optimizer=None, d_optimizer=None, disc_iters=1,
-               ema_decay=0.999, ema_start_step=0, seed=0, name="gan"):
+               ema_decay=0.999, ema_start_step=0, ema_kimg=None, ema_rampup=None,
+               warm_start=None, seed=0, name="gan"):
     super().__init__(name=name)
     if disc_iters < 1:
       raise ValueError(f"GAN.disc_iters must be >= 1, got {disc_iters}.")
     keras.utils.set_random_seed(seed)  # initial weights follow the config seed
     self.G = generator(name="generator")
     self.G_ema = generator(name="generator_ema")
+    self._discriminator_factory = discriminator
     self.D = discriminator(name="discriminator")
     self.terms = list(terms) if terms is not None else [Adversarial()]
     self.augment = augment
@@ -64,6 +77,11 @@ class GAN(tf.Module):
     self.d_optimizer = d_optimizer or adam()
     self.disc_iters = disc_iters
     self.ema_decay, self.ema_start_step = ema_decay, ema_start_step
+    if ema_kimg is not None and ema_kimg <= 0:
+      raise ValueError(f"GAN.ema_kimg must be > 0 (or None), got {ema_kimg}.")
+    self.ema_kimg, self.ema_rampup = ema_kimg, ema_rampup
+    self.warm_start = warm_start
+    self.global_batch = None
     self.seed = seed
     if self.G.num_classes != self.D.num_classes:
       raise ValueError(f"Generator has {self.G.num_classes} classes but discriminator has "
@@ -72,6 +90,10 @@ class GAN(tf.Module):
     self.built = False
 
   # -- set-up ----------------------------------------------------------------------------
+  def make_discriminator(self, name):
+    """A new, unbuilt discriminator of the same configuration as D (for momentum copies)."""
+    return self._discriminator_factory(name=name)
+
   def d_variables(self):
     vs = list(self.D.trainable_variables)
     for t in self.terms:
@@ -86,11 +108,15 @@ class GAN(tf.Module):
 
     Call once inside `strategy.scope()`, in cross-replica context, before the first step.
     """
+    self.global_batch = local_batch * tf.distribute.get_strategy().num_replicas_in_sync
     z = tf.zeros([local_batch, self.G.z_dim])
     y = tf.zeros([local_batch], tf.int32) if self.num_classes else None
     reals = tf.zeros([local_batch, *image_shape])
     for g in (self.G, self.G_ema):
       g(z, y, training=False)
+    self.D(reals, y, training=False)
+    if self.warm_start is not None:
+      self.warm_start(self)
     ctx = self._context("d", tf.constant(0, tf.int64), 0, {
         "images": reals, "labels": tf.zeros([local_batch], tf.int32),
         "true_labels": tf.zeros([local_batch], tf.int32)}, training=False)
@@ -160,6 +186,7 @@ class GAN(tf.Module):
       b = ctx.local_batch
       ctx.d_real = {k: v[:b] for k, v in out.items()}
       ctx.d_fake = {k: v[b:] for k, v in out.items()}
+      self._label_unlabelled_reals(ctx)
       total, metrics = self._sum_terms(ctx, "d_loss")
     variables = self.d_variables()
     grads = tape.gradient(total, variables)
@@ -187,6 +214,33 @@ class GAN(tf.Module):
     metrics["g_loss"] = total
     return metrics
 
+  def _label_unlabelled_reals(self, ctx):
+    """Projects the unlabelled reals (label -1) on labels a term predicts for them.
+
+    The predictions come from `term.predict_labels(ctx)` (int [b] or probabilities
+    [b, classes]) and are used under stop-gradient; labelled reals keep their own label.
+    `ctx.real_labels_for_d` becomes the labels actually used (so R1 sees the same D).
+    """
+    if not self.num_classes:
+      return
+    for t in self.terms:
+      pred = t.predict_labels(ctx)
+      if pred is None:
+        continue
+      pred = tf.stop_gradient(pred)
+      known = ctx.labels >= 0
+      if pred.shape.rank == 1:
+        only_unknown = tf.where(known, -1, tf.cast(pred, tf.int32))
+        used = tf.where(known, ctx.labels, tf.cast(pred, tf.int32))
+      else:
+        pred = tf.cast(pred, tf.float32)
+        only_unknown = pred * tf.cast(~known, tf.float32)[:, None]
+        used = tf.where(known[:, None], tf.one_hot(tf.maximum(ctx.labels, 0),
+                                                   self.num_classes), pred)
+      ctx.d_real["logits"] += self.D.project(ctx.d_real["features"], only_unknown)
+      ctx.real_labels_for_d = used
+      return
+
   def _sum_terms(self, ctx, method):
     total, metrics = tf.constant(0.0), {}
     for t in self.terms:
@@ -199,9 +253,22 @@ class GAN(tf.Module):
     return total, metrics
 
   # -- EMA (cross-replica context) -------------------------------------------------------
+  def ema_decay_at(self, step):
+    """The EMA decay after G step `step` (1-based)."""
+    step = tf.cast(step, tf.int64)
+    if self.ema_kimg is not None:
+      half_life = tf.constant(self.ema_kimg * 1000.0, tf.float32)
+      if self.ema_rampup is not None:
+        seen = tf.cast(step * self.global_batch, tf.float32)
+        half_life = tf.minimum(half_life, seen * self.ema_rampup)
+      decay = tf.pow(0.5, self.global_batch / tf.maximum(half_life, 1e-8))
+    else:
+      decay = tf.constant(self.ema_decay, tf.float32)
+    return tf.where(step < self.ema_start_step, 0.0, decay)
+
   def update_ema(self, step):
     """G_ema ← d·G_ema + (1 − d)·G on all weights (BN statistics and SN vectors too)."""
-    d = tf.where(tf.cast(step, tf.int64) < self.ema_start_step, 0.0, self.ema_decay)
+    d = self.ema_decay_at(step)
     for e, w in zip(self.G_ema.weights, self.G.weights):
       e.assign(d * e + (1.0 - d) * w)
 
