@@ -1,6 +1,7 @@
 """The training loop: replica equivalence, resume, checkpoints, errors, export."""
 
 import conftest
+import json
 import os
 import subprocess
 import sys
@@ -79,11 +80,43 @@ def test_checkpoint_holds_every_variable_including_optimizer_slots(tiny_gin, tmp
   tiny_gin()
   t = _train(tmp_path, _one_device())
   saved = tf.train.load_checkpoint(t.manager.latest_checkpoint).get_variable_to_shape_map()
-  expected = sum(len(v) for v in t.gan.checkpoint_items().values()) + 2  # step, save_counter
+  # + step, best_fid, save_counter
+  expected = sum(len(v) for v in t.gan.checkpoint_items().values()) + 3
   assert len([k for k in saved if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]) == expected
   slots = [v for v in t.gan.d_optimizer.variables if "velocity" in v.path]
   assert len(slots) == len(t.gan.d_variables())
   assert any("block2" in k and "velocity" in k and k.startswith("d_optimizer") for k in saved)
+
+
+def test_periodic_eval_writes_fid_and_keeps_the_best_checkpoint(tiny_gin, tmp_path):
+  from tfgan_eff.eval.evaluator import Evaluator  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.eval.features import DigitsClassifierExtractor  # pylint: disable=import-outside-toplevel
+  tiny_gin()
+  cache = str(tmp_path / "cache")
+  evaluator = Evaluator(metrics=("fid", "kid"), num_samples=32, cache_dir=cache,
+                        feature_extractor=DigitsClassifierExtractor(cache_dir=cache, epochs=1),
+                        kid_subset_size=16, batch_size=16)
+  t = Trainer(model_dir=str(tmp_path / "run"), strategy=_one_device(), train_steps=3,
+              eval_every=1, evaluator=evaluator)
+  t.train()
+  with open(tmp_path / "run" / "eval.jsonl") as f:
+    evals = [json.loads(line) for line in f]
+  assert [e["step"] for e in evals] == [1, 2, 3]
+  fids = [e["fid"] for e in evals]
+  assert all(np.isfinite(fids)) and all(np.isfinite([e["kid_mean"] for e in evals]))
+  tags = {}
+  for name in os.listdir(tmp_path / "run" / "train"):
+    for e in tf.compat.v1.train.summary_iterator(str(tmp_path / "run" / "train" / name)):
+      for v in e.summary.value:
+        tags.setdefault(v.tag, []).append(e.step)
+  assert tags["eval/fid"] == [1, 2, 3] and tags["eval/kid_mean"] == [1, 2, 3]
+  with open(tmp_path / "run" / "best" / "best.json") as f:
+    best = json.load(f)
+  assert best["fid"] == pytest.approx(min(fids)) and best["step"] == 1 + int(np.argmin(fids))
+  assert best["checkpoint"].endswith(f"ckpt-{best['step']}")
+  saved = tf.train.load_checkpoint(best["checkpoint"])
+  assert saved.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == best["step"]
+  assert saved.get_tensor("best_fid/.ATTRIBUTES/VARIABLE_VALUE") == pytest.approx(min(fids))
 
 
 def test_checkpoint_of_another_architecture_fails_clearly(tiny_gin, tmp_path):

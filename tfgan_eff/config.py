@@ -16,17 +16,32 @@ def configurable(cls_or_fn):
   return gin.external_configurable(cls_or_fn, name=cls_or_fn.__name__, module=module)
 
 
+# The folder holding tfgan_eff/ and gin/: `include 'gin/x.gin'` and `--gin_file=gin/x.gin`
+# resolve from the working directory first, then from here.
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve(path):
+  """A gin file path as given, or relative to the project root; clear error if neither."""
+  if os.path.exists(path):
+    return path
+  shipped = os.path.join(PROJECT_ROOT, path)
+  if not os.path.isabs(path) and os.path.exists(shipped):
+    return shipped
+  raise FileNotFoundError(
+      f"gin file '{path}' does not exist. Pass an existing file to --gin_file (the configs "
+      f"shipped with tfgan_eff are in {os.path.join(PROJECT_ROOT, 'gin')}).")
+
+
 def parse(gin_files=(), gin_params=(), finalize=True):
   """Parses gin files and bindings; unknown names fail with one clear message."""
-  for path in gin_files:
-    if not os.path.exists(path):
-      raise FileNotFoundError(
-          f"gin file '{path}' does not exist. Pass an existing file to --gin_file "
-          f"(the configs shipped with tfgan_eff are in its gin/ folder).")
+  files = [resolve(p) for p in gin_files]
+  if PROJECT_ROOT not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+    gin.add_config_file_search_path(PROJECT_ROOT)
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_params),
-                                        finalize_config=finalize)
-  except (ValueError, KeyError, gin.config.GinParseError if hasattr(gin.config, "GinParseError") else SyntaxError) as e:
+    gin.parse_config_files_and_bindings(files, list(gin_params), finalize_config=finalize)
+  except (ValueError, KeyError, SyntaxError, IOError) as e:
     raise ValueError(
-        f"Bad gin configuration: {e}\nCheck the spelling of the parameter against the "
-        f"configurables listed in docs/configuration.md, or run with a shipped gin/ file.") from e
+        f"Bad gin configuration: {e}\nCheck the spelling against the configurables' "
+        f"docstrings (e.g. `python -c 'import tfgan_eff.configurables; help(...)'`) or start "
+        f"from a shipped gin/ file.") from e

@@ -113,7 +113,10 @@ class Trainer:
     checkpoint_every: checkpoint interval; the last N are kept.
     keep_checkpoints: N.
     num_samples_grid: samples in the grid.
-    eval_every: evaluation interval (0: none); uses `evaluator`.
+    eval_every: evaluation interval (0: none); uses `evaluator`. Results go to TensorBoard
+      (`eval/fid`, ...) and `eval.jsonl`; the checkpoint with the best FID so far is kept in
+      `model_dir/best/` (apart from the rolling checkpoints), with its score in
+      `best/best.json`.
     evaluator: an `Evaluator` from tfgan_eff.eval (gin: `@Evaluator()`), or None.
   """
 
@@ -139,16 +142,22 @@ class Trainer:
       self.gan = GAN()
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.best_fid = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="best_fid",
+                                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self._check_compatible()
       shape = (data.resolution, data.resolution, data.channels)
       self.gan.build(self.local_batch, shape)
-    self.ckpt = tf.train.Checkpoint(step=self.step, **self.gan.checkpoint_items())
+    self.ckpt = tf.train.Checkpoint(step=self.step, best_fid=self.best_fid,
+                                    **self.gan.checkpoint_items())
     self.is_chief = self._is_chief()
     ckpt_dir = os.path.join(self.model_dir, "checkpoints")
     if not self.is_chief:  # TF requires every worker to save; others save to scratch
       ckpt_dir = tempfile.mkdtemp(prefix="tfgan_eff-worker-")
     self.manager = tf.train.CheckpointManager(self.ckpt, ckpt_dir,
                                               max_to_keep=keep_checkpoints)
+    best_dir = (os.path.join(self.model_dir, "best") if self.is_chief else
+                tempfile.mkdtemp(prefix="tfgan_eff-worker-best-"))
+    self.best_manager = tf.train.CheckpointManager(self.ckpt, best_dir, max_to_keep=1)
 
   def _is_chief(self):
     resolver = getattr(self.strategy, "cluster_resolver", None)
@@ -281,13 +290,31 @@ class Trainer:
       self.manager.save(checkpoint_number=step)
 
   def evaluate(self, step):
-    """Runs the configured evaluator on the EMA generator and writes the results."""
+    """Runs the configured evaluator on the EMA generator and writes the results.
+
+    Scalars go to TensorBoard under `eval/` and one JSON line per evaluation to
+    `eval.jsonl`. When FID improves on the best so far, the current state is saved to
+    `best/` (one checkpoint, kept apart from the rolling ones) and `best/best.json`.
+    """
     results = self.evaluator.evaluate(self.generate_uint8, self.data.eval_batches,
                                       self.data.name)
-    for k, v in results.items():
-      if isinstance(v, (int, float, np.floating)):
-        tf.summary.scalar(f"eval/{k}", v, step=step)
-    logging.info("eval at step %d: %s", step, results)
+    scalars = {k: float(v) for k, v in results.items()
+               if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)}
+    for k, v in scalars.items():
+      tf.summary.scalar(f"eval/{k}", v, step=step)
+    logging.info("eval at step %d: %s", step, scalars)
+    if self.is_chief:
+      with open(os.path.join(self.model_dir, "eval.jsonl"), "a") as f:
+        f.write(json.dumps({"step": step, **scalars}) + "\n")
+    fid = scalars.get("fid")
+    # best_fid lives in the checkpoint, so every worker (and a resumed run) decides alike.
+    if fid is not None and np.isfinite(fid) and fid < float(self.best_fid.numpy()):
+      self.best_fid.assign(fid)
+      path = self.best_manager.save(checkpoint_number=step)
+      if self.is_chief:
+        atomic_write(os.path.join(self.model_dir, "best", "best.json"),
+                     json.dumps({"step": step, "checkpoint": path, **scalars}, indent=2))
+      logging.info("New best FID %.4f at step %d (saved to %s).", fid, step, path)
     return results
 
   def generate_uint8(self, n, truncation=1.0):
@@ -324,5 +351,7 @@ def load_gan(model_dir, checkpoint_path=None):
   g = gan.G
   gan.build(1, (g.resolution, g.resolution, g.channels))
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  checkpoints.restore(tf.train.Checkpoint(step=step, **gan.checkpoint_items()), path)
+  best_fid = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="best_fid")
+  checkpoints.restore(tf.train.Checkpoint(step=step, best_fid=best_fid,
+                                          **gan.checkpoint_items()), path)
   return gan, int(step.numpy())
