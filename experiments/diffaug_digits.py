@@ -105,7 +105,7 @@ def analyse(model_dir, all_digits, train_mask):
       "d_fake": float(np.mean(fake)),
       "real_fake_gap": float(np.mean(real_train) - np.mean(fake)),
       "train_heldout_gap": float(np.mean(real_train) - np.mean(real_held)),
-      "fid_digits": float(metrics["fid"]), "kid_digits_x1e3": 1e3 * float(metrics["kid_mean"]),
+      "fid_digits": float(metrics["fid"]), "kid_digits": float(metrics["kid_mean"]),
   }
   return r
 

@@ -126,16 +126,18 @@ def _translate2d_inv(tx, ty):
   return _matrix([[one, zero, -tx], [zero, one, -ty], [zero, zero, one]])
 
 
-_GREY = tf.constant([1.0, 1.0, 1.0]) / math.sqrt(3.0)
+def _grey():
+  """The unit grey axis (1, 1, 1)/√3; built per call so importing starts no TF runtime."""
+  return tf.fill([3], 1.0 / math.sqrt(3.0))
 
 
 def _grey_projector():
-  return tf.tensordot(_GREY, _GREY, axes=0)                          # v v^T, [3, 3]
+  return tf.tensordot(_grey(), _grey(), axes=0)                      # v v^T, [3, 3]
 
 
 def _rotate_about_grey(theta):
   """Rodrigues rotation by theta [B] about the unit grey axis v: [B, 3, 3]."""
-  v = _GREY
+  v = _grey()
   cross = tf.constant([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) * v[0]
   c = tf.cos(theta)[:, tf.newaxis, tf.newaxis]
   s = tf.sin(theta)[:, tf.newaxis, tf.newaxis]

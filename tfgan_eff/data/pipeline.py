@@ -106,6 +106,10 @@ class ImageData:
     channels: 1 or 3; `None` keeps the source's (grayscale stays 1, RGB(A) becomes 3).
     data_fraction: keep a fixed, seeded fraction of the images (the limited-data setting).
     num_images: keep exactly this many images instead (e.g. 100-shot); overrides the fraction.
+    classes: keep only the images of these classes (e.g. [0, 1, 2] to pretrain on some
+      classes, [9] for a held-out target); labels become their index in this list and
+      `num_classes` its length. The subset (`data_fraction` / `num_images`) is then taken
+      among these images. In-memory sources only.
     label_fraction: keep labels on a fixed, seeded, class-balanced fraction; others get -1.
     random_flip: random horizontal flips in the training stream.
     seed: seeds the subset, the label mask, the shuffling order and the flips.
@@ -116,7 +120,7 @@ class ImageData:
 
   def __init__(self, source, resolution=32, channels=None, data_fraction=1.0,
                num_images=None, label_fraction=1.0, random_flip=False, seed=0,
-               max_in_memory_mb=2048, shuffle_buffer=10000):
+               max_in_memory_mb=2048, shuffle_buffer=10000, classes=None):
     if resolution < 4 or resolution & (resolution - 1):
       raise ValueError(f"ImageData.resolution must be a power of two >= 4, got {resolution}.")
     if channels not in (None, 1, 3):
@@ -126,6 +130,9 @@ class ImageData:
     self.random_flip = random_flip
     self.seed = seed
     self.num_classes = source.num_classes
+    self.classes = self._check_classes(source, classes)
+    if self.classes is not None:
+      self.num_classes = len(self.classes)
     self.data_fraction, self.label_fraction = data_fraction, label_fraction
     self.shuffle_buffer = shuffle_buffer
     n_total = len(source)
@@ -136,16 +143,49 @@ class ImageData:
     self.channels = channels or src_c
     est_mb = n_total * resolution * resolution * self.channels / 2**20
     self.in_memory = est_mb <= max_in_memory_mb or not hasattr(source, "as_tf_dataset")
+    if self.classes is not None and not self.in_memory:
+      raise ValueError(f"ImageData.classes needs an in-memory source, but '{source.name}' "
+                       f"(~{est_mb:.0f} MB) streams; raise ImageData.max_in_memory_mb or "
+                       f"drop `classes`.")
     self.name = (f"{source.name}-{resolution}px-c{self.channels}"
                  f"-n{num_images if num_images else data_fraction}-s{seed}")
+    if self.classes is not None:
+      self.name += "-classes" + "_".join(str(c) for c in self.classes)
     if self.in_memory:
       self._load(n_total, num_images)
     else:
       self._setup_streaming(n_total, num_images)
 
   # -- in memory -------------------------------------------------------------------------
+  @staticmethod
+  def _check_classes(source, classes):
+    if classes is None:
+      return None
+    classes = [int(c) for c in classes]
+    if not source.num_classes:
+      raise ValueError(f"ImageData.classes={classes} needs labels, but source "
+                       f"'{source.name}' has none; drop `classes`.")
+    bad = [c for c in classes if not 0 <= c < source.num_classes]
+    if not classes or bad or len(set(classes)) != len(classes):
+      raise ValueError(f"ImageData.classes must be distinct labels in [0, "
+                       f"{source.num_classes}) of '{source.name}', got {classes}.")
+    return classes
+
+  def _eligible(self, n_total):
+    """Indices of the source images that `classes` allows (all without it)."""
+    if self.classes is None:
+      return np.arange(n_total)
+    labels = getattr(self.source, "labels", None)
+    if labels is None:
+      labels = [y for _, y in self.source]
+    idx = np.flatnonzero(np.isin(np.asarray(labels), self.classes))
+    if not len(idx):
+      raise ValueError(f"Source '{self.source.name}' has no image of classes {self.classes}.")
+    return idx
+
   def _load(self, n_total, num_images):
-    keep = subset_indices(n_total, self.data_fraction, num_images, self.seed)
+    eligible = self._eligible(n_total)
+    keep = eligible[subset_indices(len(eligible), self.data_fraction, num_images, self.seed)]
     keep_set = np.zeros(n_total, bool)
     keep_set[keep] = True
     images, labels, chunk = [], [], []
@@ -162,6 +202,10 @@ class ImageData:
     images.extend(self._resize_chunk(chunk))
     self.images = np.stack(images)
     self.true_labels = np.asarray(labels, np.int32)
+    if self.classes is not None:  # label c -> its index in `classes`
+      lut = np.full(self.source.num_classes, -1, np.int32)
+      lut[self.classes] = np.arange(len(self.classes))
+      self.true_labels = lut[self.true_labels]
     if self.num_classes and self.true_labels.max() >= self.num_classes:
       raise ValueError(f"Source '{self.source.name}' has label {self.true_labels.max()} but "
                        f"declares {self.num_classes} classes.")
@@ -243,7 +287,9 @@ class ImageData:
       else:
         ds = self._shuffled_stream(start_sample)
       if pipes > 1:
-        ds = ds.shard(pipes, pid)
+        # Pipeline `pid` takes block `pid` of every global batch, so global row r is the
+        # same sample (and meets the same SampleRNG row) on any number of workers.
+        ds = ds.batch(global_batch // pipes, drop_remainder=True).shard(pipes, pid).unbatch()
       ds = ds.batch(b, drop_remainder=True)
       ds = ds.map(self._finish_batch, num_parallel_calls=tf.data.AUTOTUNE)
       return ds.prefetch(tf.data.AUTOTUNE)

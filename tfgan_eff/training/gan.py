@@ -155,9 +155,12 @@ class GAN(tf.Module):
     return rng.integers([batch], 0, self.num_classes)
 
   def _context(self, phase, step, index, batch, training=True):
-    reals = batch["images"]
-    b = reals.shape[0]
     n = _replicas()
+    b = batch["images"].shape[0]
+    if b is None:  # multi-worker input pipelines lose the static batch size
+      b = self.global_batch // n
+      batch = {k: tf.ensure_shape(v, [b, *v.shape[1:]]) for k, v in batch.items()}
+    reals = batch["images"]
     rng = self._rng(step, index, b)
     z = rng.normal([b, self.G.z_dim])
     y_fake = self.sample_labels(rng, b)

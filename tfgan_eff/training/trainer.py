@@ -38,12 +38,16 @@ def make_strategy(kind="auto", tpu_address=None):
   GPUs, else one device), "one_device", "mirrored" (all GPUs; without GPUs all logical CPU
   devices), "multi_worker", or "tpu" (with `tpu_address`).
   """
-  gpus = tf.config.list_logical_devices("GPU")
   if kind == "auto":
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    if len(tf_config.get("cluster", {}).get("worker", [])) > 1:
+    cluster = tf_config.get("cluster", {})
+    if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:
       kind = "multi_worker"
-    elif len(gpus) > 1:
+  if kind == "multi_worker":  # before anything that starts the TF runtime
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  gpus = tf.config.list_logical_devices("GPU")
+  if kind == "auto":
+    if len(gpus) > 1:
       kind = "mirrored"
     else:
       kind = "one_device"
@@ -52,8 +56,6 @@ def make_strategy(kind="auto", tpu_address=None):
   if kind == "mirrored":
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     return tf.distribute.MirroredStrategy(devices)
-  if kind == "multi_worker":
-    return tf.distribute.MultiWorkerMirroredStrategy()
   if kind == "tpu":
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
     tf.config.experimental_connect_to_cluster(resolver)
