@@ -162,7 +162,7 @@ def test_export_loads_in_a_fresh_process(tiny_gin, tmp_path):
   code = (f"import tensorflow as tf; m = tf.saved_model.load(r'{tmp_path / 'export'}');"
           "x = m.generate(tf.random.normal([3, int(m.z_dim)]), tf.constant([1, 2, 3]));"
           "y = m.signatures['serving_default'](z=tf.random.normal([2, int(m.z_dim)]), "
-          "labels=tf.constant([0, 1]), truncation=tf.constant(0.5))['images'];"
+          "labels=tf.constant([0, 1]), truncation_psi=tf.constant(0.5))['images'];"
           "print(x.dtype.name, tuple(x.shape), y.dtype.name, tuple(y.shape))")
   out = subprocess.run([sys.executable, "-c", code], check=True, env=env,
                        capture_output=True, text=True).stdout.strip().splitlines()[-1]

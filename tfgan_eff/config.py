@@ -1,6 +1,7 @@
 """gin helpers: the one configuration system of tfgan_eff."""
 
 import os
+import re
 
 import gin
 
@@ -41,6 +42,14 @@ def parse(gin_files=(), gin_params=(), finalize=True):
   try:
     gin.parse_config_files_and_bindings(files, list(gin_params), finalize_config=finalize)
   except (ValueError, KeyError, SyntaxError, IOError) as e:
+    missing = re.search(r"No bindings specified for '([^'/]+)/gin\.macro'", str(e))
+    if missing:
+      name = missing.group(1)
+      raise ValueError(
+          f"The gin configuration needs a value for {name} (a macro the config uses but "
+          f"does not set, e.g. a data folder or a source run). Pass it with "
+          f"--gin_param=\"{name}='...'\"; the comment at the top of the gin file says what "
+          f"it is.") from None
     raise ValueError(
         f"Bad gin configuration: {e}\nCheck the spelling against the configurables' "
         f"docstrings (e.g. `python -c 'import tfgan_eff.configurables; help(...)'`) or start "

@@ -39,6 +39,9 @@ Departures from stylegan2-ada-pytorch (each deliberate):
   (uniform in [1, num_ws)) per sample, not once per batch, so it can be drawn with
   `SampleRNG` and does not depend on the number of replicas.
 * `w_avg` is updated from the mean w of the global batch (all-reduced over replicas).
+* Minibatch-std groups are consecutive samples, not strided (see `MinibatchStd`), so groups
+  never mix the reals and fakes D sees in one concatenated batch and do not depend on the
+  number of replicas when the group size divides the per-replica batch.
 * Biases of lr-multiplied layers are stored bias_init / lr (effective initial value
   bias_init); the official stores bias_init (same for all shipped configs, where
   bias_init = 0 whenever lr != 1).

@@ -202,7 +202,29 @@ class EqualizedDense(_KernelTransformMixin, keras.layers.Layer):
             "use_bias": self.use_bias, "activation": self.activation}
 
 
-class EqualizedConv2D(_KernelTransformMixin, keras.layers.Layer):
+class _ConvKernelLayer(_KernelTransformMixin, keras.layers.Layer):
+  """Shared set-up of the k x k convolutions: sizes, FIR filter, the N(0, 1) kernel."""
+
+  def __init__(self, filters, in_channels, kernel_size, resample_filter, **kwargs):
+    super().__init__(**kwargs)
+    self.filters, self.in_channels, self.kernel_size = int(filters), int(in_channels), \
+        int(kernel_size)
+    self.resample_filter = tuple(resample_filter)
+    self._f = setup_filter(resample_filter)
+    self.weight_gain = 1.0 / math.sqrt(self.in_channels * self.kernel_size ** 2)
+
+  def build(self, input_shape=None):
+    k = self.kernel_size
+    self.kernel = self.add_weight(name="kernel", shape=(k, k, self.in_channels, self.filters),
+                                  initializer=keras.initializers.RandomNormal(stddev=1.0))
+
+  def get_config(self):
+    return {**super().get_config(), "filters": self.filters,
+            "in_channels": self.in_channels, "kernel_size": self.kernel_size,
+            "resample_filter": self.resample_filter}
+
+
+class EqualizedConv2D(_ConvKernelLayer):
   """Equalized-lr convolution, 'same' padding, optional 2x FIR down-sampling.
 
   With `down=True`: a k x k kernel (k > 1) filters with [1,3,3,1] (pad 2, 2 for k = 3) and
@@ -215,18 +237,11 @@ class EqualizedConv2D(_KernelTransformMixin, keras.layers.Layer):
 
   def __init__(self, filters, in_channels, kernel_size=3, down=False, use_bias=True,
                activation="linear", gain=1.0, resample_filter=(1, 3, 3, 1), **kwargs):
-    super().__init__(**kwargs)
-    self.filters, self.in_channels, self.kernel_size = int(filters), int(in_channels), \
-        int(kernel_size)
+    super().__init__(filters, in_channels, kernel_size, resample_filter, **kwargs)
     self.down, self.use_bias, self.activation, self.gain = down, use_bias, activation, gain
-    self.resample_filter = tuple(resample_filter)
-    self._f = setup_filter(resample_filter)
-    self.weight_gain = 1.0 / math.sqrt(self.in_channels * self.kernel_size ** 2)
 
   def build(self, input_shape=None):
-    k = self.kernel_size
-    self.kernel = self.add_weight(name="kernel", shape=(k, k, self.in_channels, self.filters),
-                                  initializer=keras.initializers.RandomNormal(stddev=1.0))
+    super().build(input_shape)
     self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
                  if self.use_bias else None)
 
@@ -245,10 +260,8 @@ class EqualizedConv2D(_KernelTransformMixin, keras.layers.Layer):
     return bias_act(y, self.bias if self.use_bias else None, self.activation, self.gain)
 
   def get_config(self):
-    return {**super().get_config(), "filters": self.filters,
-            "in_channels": self.in_channels, "kernel_size": self.kernel_size,
-            "down": self.down, "use_bias": self.use_bias, "activation": self.activation,
-            "gain": self.gain, "resample_filter": self.resample_filter}
+    return {**super().get_config(), "down": self.down, "use_bias": self.use_bias,
+            "activation": self.activation, "gain": self.gain}
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,7 +315,7 @@ def modulated_conv2d(x, kernel, styles, demodulate=True, up=False, f=None, fused
   return y
 
 
-class ModulatedConv2D(_KernelTransformMixin, keras.layers.Layer):
+class ModulatedConv2D(_ConvKernelLayer):
   """StyleGAN2 modulated convolution: call(x [B,H,W,I], styles [B,I]) -> [B,H',W',O].
 
   The base kernel `self.kernel` [k, k, I, O] is stored N(0, 1) and scaled by
@@ -316,28 +329,15 @@ class ModulatedConv2D(_KernelTransformMixin, keras.layers.Layer):
 
   def __init__(self, filters, in_channels, kernel_size=3, demodulate=True, up=False,
                resample_filter=(1, 3, 3, 1), **kwargs):
-    super().__init__(**kwargs)
-    self.filters, self.in_channels, self.kernel_size = int(filters), int(in_channels), \
-        int(kernel_size)
+    super().__init__(filters, in_channels, kernel_size, resample_filter, **kwargs)
     self.demodulate, self.up = demodulate, up
-    self.resample_filter = tuple(resample_filter)
-    self._f = setup_filter(resample_filter)
-    self.weight_gain = 1.0 / math.sqrt(self.in_channels * self.kernel_size ** 2)
-
-  def build(self, input_shape=None):
-    k = self.kernel_size
-    self.kernel = self.add_weight(name="kernel", shape=(k, k, self.in_channels, self.filters),
-                                  initializer=keras.initializers.RandomNormal(stddev=1.0))
 
   def call(self, x, styles):
     return modulated_conv2d(x, self.base_kernel() * self.weight_gain, styles,
                             demodulate=self.demodulate, up=self.up, f=self._f)
 
   def get_config(self):
-    return {**super().get_config(), "filters": self.filters,
-            "in_channels": self.in_channels, "kernel_size": self.kernel_size,
-            "demodulate": self.demodulate, "up": self.up,
-            "resample_filter": self.resample_filter}
+    return {**super().get_config(), "demodulate": self.demodulate, "up": self.up}
 
 
 # ---------------------------------------------------------------------------------------
@@ -399,12 +399,18 @@ def _group_size(batch, group_size):
 class MinibatchStd(keras.layers.Layer):
   """Appends `num_features` minibatch-standard-deviation channels (Karras et al. 2018).
 
-  Samples are split into groups of G = min(group_size, B) (sample i belongs to group
-  i mod (B / G), as in the official code). If B is not divisible by that, G falls back to
-  the largest divisor of B below it (e.g. B = 6, group 4 -> G = 3; B = 5 -> G = 5 or 1),
-  so any per-replica batch works. For each group, the std over the group of every
-  feature is averaged over space and the C / num_features channels of each feature
-  slice, giving [B, H, W, C + num_features].
+  Samples are split into groups of G = min(group_size, B) consecutive samples (sample i
+  belongs to group i // G). If B is not divisible by that, G falls back to the largest
+  divisor of B below it (e.g. B = 6, group 4 -> G = 3; B = 5 -> G = 5 or 1), so any
+  per-replica batch works. For each group, the std over the group of every feature is
+  averaged over space and the C / num_features channels of each feature slice, giving
+  [B, H, W, C + num_features].
+
+  Departure from the official code, which groups with a stride (sample i in group
+  i mod (B / G)): consecutive groups never mix the reals and fakes that D sees concatenated
+  in one batch, and when G divides the per-replica batch they are the same groups for any
+  number of replicas (a strided group of one device's batch of 8 would span what two
+  replicas hold separately), as the replica-equivalence tests require.
   """
 
   def __init__(self, group_size=4, num_features=1, **kwargs):
@@ -418,11 +424,11 @@ class MinibatchStd(keras.layers.Layer):
       raise ValueError(f"MinibatchStd: channels {c} are not divisible by num_features {f}.")
     b = b_static if b_static is not None else tf.shape(x)[0]
     g = _group_size(b, self.group_size)
-    y = tf.reshape(tf.cast(x, tf.float32), [g, -1, h, w, f, c // f])
-    y = y - tf.reduce_mean(y, axis=0)
-    y = tf.sqrt(tf.reduce_mean(tf.square(y), axis=0) + 1e-8)  # [B/G, H, W, F, c]
+    y = tf.reshape(tf.cast(x, tf.float32), [-1, g, h, w, f, c // f])
+    y = y - tf.reduce_mean(y, axis=1, keepdims=True)
+    y = tf.sqrt(tf.reduce_mean(tf.square(y), axis=1) + 1e-8)  # [B/G, H, W, F, c]
     y = tf.reduce_mean(y, axis=[1, 2, 4])  # [B/G, F]
-    y = tf.tile(y, [g, 1])  # row i -> group i mod (B/G)
+    y = tf.repeat(y, g, axis=0)  # row i -> group i // G
     y = tf.broadcast_to(tf.cast(y, x.dtype)[:, None, None, :], tf.concat(
         [tf.shape(x)[:3], [f]], 0))
     return tf.concat([x, y], axis=-1)

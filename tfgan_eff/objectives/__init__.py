@@ -2,3 +2,4 @@
 
 from tfgan_eff.objectives.adversarial import Adversarial, R1Penalty
 from tfgan_eff.objectives.base import Term
+from tfgan_eff.objectives.path_length import PathLengthPenalty

@@ -271,8 +271,9 @@ class Trainer:
     if step % self.summary_every == 0 or last:
       for k, v in metrics.items():
         tf.summary.scalar(f"losses/{k}" if "loss" in k else f"metrics/{k}", v, step=step)
-      tf.summary.scalar("perf/step_time_s", step_time, step=step)
-      tf.summary.scalar("perf/images_per_sec", per_step / step_time, step=step)
+      if times:  # the first step's time includes tracing and is not a measurement
+        tf.summary.scalar("perf/step_time_s", step_time, step=step)
+        tf.summary.scalar("perf/images_per_sec", per_step / step_time, step=step)
       for name, opt in (("g", self.gan.g_optimizer), ("d", self.gan.d_optimizer)):
         tf.summary.scalar(f"lr/{name}", tf.convert_to_tensor(opt.learning_rate), step=step)
     if step % self.log_every == 0 or last:
