@@ -3,3 +3,5 @@
 from tfgan_eff.objectives.adversarial import Adversarial, R1Penalty
 from tfgan_eff.objectives.base import Term
 from tfgan_eff.objectives.path_length import PathLengthPenalty
+from tfgan_eff.objectives.self_supervised import RotationTerm
+from tfgan_eff.objectives.semi_supervised import ClassifierTerm
