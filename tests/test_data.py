@@ -99,3 +99,16 @@ def test_bad_resolution_and_fraction():
     ImageData(Digits(), resolution=30)
   with pytest.raises(ValueError, match="data_fraction"):
     subset_indices(10, 1.5)
+
+
+def test_classes_keep_only_those_classes_relabelled_before_the_subset():
+  src = Digits()
+  data = ImageData(src, resolution=8, channels=1, classes=[9, 3], num_images=25)
+  assert data.num_classes == 2 and data.num_examples == 25
+  assert set(data.true_labels.tolist()) == {0, 1}  # 9 -> 0, 3 -> 1
+  nines = ImageData(src, resolution=8, channels=1, classes=[9])
+  assert nines.num_examples == int((src.labels == 9).sum())
+  nine_set = {x.tobytes() for x in nines.images}
+  assert all(x.tobytes() in nine_set for x in data.images[data.true_labels == 0])
+  with pytest.raises(ValueError, match="classes"):
+    ImageData(src, resolution=8, classes=[10])

@@ -9,3 +9,4 @@ from tfgan_eff.objectives import self_supervised, semi_supervised  # noqa: F401 
 from tfgan_eff.objectives import path_length  # noqa: F401  PathLengthPenalty
 from tfgan_eff.models import biggan, stylegan2  # noqa: F401
 from tfgan_eff.training import gan, optimizers, trainer  # noqa: F401
+from tfgan_eff import transfer  # noqa: F401  AdaFMTransfer, AdaFMMonitor, NpzImporter

@@ -1,5 +1,5 @@
 """Building blocks shared by the networks: spectral norm, cross-replica (conditional) batch
-norm, self-attention. NHWC throughout.
+norm, self-attention, AdaFM. NHWC throughout.
 
 Variables that change during training without gradients (power-iteration vectors, batch-norm
 statistics) are created with `aggregation="only_first_replica"`: every replica computes the
@@ -21,8 +21,15 @@ class SpectralNormMixin:
 
   The left singular vector estimate `u` is a persistent non-trainable variable, updated only
   when training. `sigma` is treated as a function of the kernel with `u`, `v` held fixed,
-  as in Miyato et al. (2018).
+  as in Miyato et al. (2018). After `freeze_sigma()` (a frozen, transferred layer) `u` is
+  never updated again, so σ stays the value the source network used at inference.
   """
+
+  sigma_frozen = False
+
+  def freeze_sigma(self):
+    """Stops the power iteration: σ is then a constant of the (frozen) kernel and `u`."""
+    self.sigma_frozen = True
 
   def _build_sn(self, out_dim):
     self.sn_u = self.add_weight(name="sn_u", shape=(out_dim,), trainable=False,
@@ -39,7 +46,7 @@ class SpectralNormMixin:
     u_new = _normalize(tf.linalg.matvec(w_mat, v, transpose_a=True))  # [out]
     u_new, v = tf.stop_gradient(u_new), tf.stop_gradient(v)
     sigma = tf.tensordot(v, tf.linalg.matvec(w_mat, u_new), 1)
-    if training:
+    if training and not self.sigma_frozen:
       self.sn_u.assign(u_new)
     return w / tf.cast(sigma, w.dtype)
 
@@ -80,8 +87,33 @@ class SNDense(SpectralNormMixin, keras.layers.Layer):
             "use_sn": self.use_sn}
 
 
-class SNConv2D(SpectralNormMixin, keras.layers.Layer):
+class KernelTransformMixin:
+  """The AdaFM hook: an optional `fn(kernel) -> kernel` applied to the normalized kernel.
+
+  The same contract as `stylegan2_layers`' hook: `fn` may be a Keras layer, whose variables
+  then become part of this layer's variables (after this layer's own).
+  """
+
+  kernel_transform = None
+
+  def set_kernel_transform(self, fn):
+    """Installs `fn` (a callable or a Keras layer; None removes it), also after build."""
+    locked = self._tracker.locked
+    self._tracker.unlock()
+    try:
+      self.kernel_transform = fn
+    finally:
+      if locked:
+        self._tracker.lock()
+
+  def _transformed(self, w):
+    return self.kernel_transform(w) if self.kernel_transform is not None else w
+
+
+class SNConv2D(KernelTransformMixin, SpectralNormMixin, keras.layers.Layer):
   """A stride-1 'same' convolution with optional spectral normalization.
+
+  `set_kernel_transform(fn)` applies `fn` to W/σ (AdaFM: γ ⊙ W/σ + β).
 
   >>> SNConv2D(8, 3)(tf.zeros([2, 16, 16, 4])).shape
   TensorShape([2, 16, 16, 8])
@@ -104,7 +136,8 @@ class SNConv2D(SpectralNormMixin, keras.layers.Layer):
       self._build_sn(self.filters)
 
   def call(self, x, training=False):
-    y = tf.nn.conv2d(x, self.sn_kernel(training), strides=1, padding="SAME")
+    w = self._transformed(self.sn_kernel(training))
+    y = tf.nn.conv2d(x, w, strides=1, padding="SAME")
     return y + self.bias if self.use_bias else y
 
   def get_config(self):
@@ -240,3 +273,80 @@ class SelfAttention(keras.layers.Layer):
     g = tf.reshape(g, [b, (h // 2) * (w // 2), -1])
     o = tf.reshape(tf.matmul(attn, g), [b, h, w, -1])
     return x + self.gate * self.o(o, training=training)
+
+
+class AdaFM(keras.layers.Layer):
+  """Adaptive filter modulation of a frozen kernel (Zhao, Cong, Carin 2020).
+
+  `call(W)` with W [kh, kw, in, out] returns Ŵ = γ ⊙ W + β, with γ, β of shape
+  [1, 1, in, out] (one scale and one shift per input/output kernel slice, broadcast over the
+  taps), initialized to 1 and 0, so a fresh AdaFM is the identity. Installed as a kernel
+  transform (`conv.set_kernel_transform(AdaFM(...))`) it modulates W/σ of a spectrally
+  normalized conv, or a StyleGAN2 base weight before modulation/demodulation.
+
+  Args:
+    start_step: γ and β get no gradient before this step (the reference keeps them frozen
+      for the first 10,000 iterations); their values are used all along.
+    step_fn: a function returning the current step (e.g. the G optimizer's iteration count);
+      needed when `start_step > 0`.
+
+  >>> conv = SNConv2D(8, 3)
+  >>> _ = conv(tf.zeros([1, 8, 8, 4]))
+  >>> conv.set_kernel_transform(AdaFM())
+  >>> conv(tf.zeros([1, 8, 8, 4])).shape
+  TensorShape([1, 8, 8, 8])
+  """
+
+  def __init__(self, start_step=0, step_fn=None, **kwargs):
+    super().__init__(**kwargs)
+    if start_step and step_fn is None:
+      raise ValueError("AdaFM with start_step > 0 needs a step_fn giving the current step.")
+    self.start_step, self.step_fn = int(start_step), step_fn
+
+  def build(self, kernel_shape):
+    shape = (1, 1, kernel_shape[-2], kernel_shape[-1])
+    self.gamma = self.add_weight(name="gamma", shape=shape, initializer="ones")
+    self.beta = self.add_weight(name="beta", shape=shape, initializer="zeros")
+
+  def modulation(self):
+    """(γ, β); before `start_step` they pass their values but no gradient."""
+    g, b = self.gamma, self.beta
+    if self.start_step > 0:
+      on = tf.cast(tf.cast(self.step_fn(), tf.int64) >= self.start_step, g.dtype)
+      g = on * g + (1.0 - on) * tf.stop_gradient(g)
+      b = on * b + (1.0 - on) * tf.stop_gradient(b)
+    return g, b
+
+  def call(self, kernel):
+    g, b = self.modulation()
+    return tf.cast(g, kernel.dtype) * kernel + tf.cast(b, kernel.dtype)
+
+  def get_config(self):
+    return {**super().get_config(), "start_step": self.start_step}
+
+
+class AdaFMConv2D(SNConv2D):
+  """A frozen (spectrally normalized) convolution with AdaFM: conv(x, γ ⊙ W/σ + β) + b.
+
+  Kernel, bias and σ (from `u`) are frozen; only γ, β [1, 1, in, out] train. Load the
+  source's kernel, bias and `sn_u` into it before use. `AdaFMTransfer` gets the same layer
+  by installing `AdaFM` on an existing `SNConv2D` (`set_kernel_transform`), which keeps
+  the layer's variable paths.
+
+  >>> AdaFMConv2D(8, 3)(tf.zeros([2, 16, 16, 4])).shape
+  TensorShape([2, 16, 16, 8])
+  """
+
+  def __init__(self, filters, kernel_size=3, start_step=0, step_fn=None, **kwargs):
+    super().__init__(filters, kernel_size, **kwargs)
+    self._adafm_args = dict(start_step=start_step, step_fn=step_fn)
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    self.kernel.trainable = False
+    if self.bias is not None:
+      self.bias.trainable = False
+    self.freeze_sigma()
+    adafm = AdaFM(**self._adafm_args, name="adafm")
+    adafm.build(self.kernel.shape)
+    self.set_kernel_transform(adafm)

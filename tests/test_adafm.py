@@ -1,0 +1,289 @@
+"""AdaFM transfer: the modulated conv, loading/freezing/wrapping, the npz importer, the gate."""
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfgan_eff.models import layers
+from tfgan_eff.models import stylegan2_layers as L
+from tfgan_eff.training.gan import GAN
+from tfgan_eff.transfer import (AdaFMTransfer, NpzImporter, SourceMismatchError, adafm_layers,
+                                export_npz)
+
+UNCOND = ["NUM_CLASSES = 0", "GAN.ema_decay = 0.5"]
+
+
+def _source(tmp_path, seed=1):
+  """A built (untrained) GAN of the tiny config saved as a checkpoint; returns (gan, prefix)."""
+  with gin.unlock_config():
+    gin.bind_parameter("GAN.seed", seed)
+  gan = GAN()
+  gan.build(2, (32, 32, 1))
+  for v in gan.G_ema.weights:  # make G_ema differ from G, to see which one is loaded
+    v.assign(v + 0.01)
+  prefix = tf.train.Checkpoint(**gan.checkpoint_items()).save(str(tmp_path / "src" / "ckpt"))
+  with gin.unlock_config():
+    gin.bind_parameter("GAN.seed", 0)
+  return gan, prefix
+
+
+def _values(variables):
+  return {v.path: v.numpy().copy() for v in variables}
+
+
+def _build(batch=4):
+  gan = GAN()
+  gan.build(batch, (32, 32, 1))
+  return gan
+
+
+def _train(gan, steps, batch=4):
+  """`steps` eager training steps (D steps, G step, EMA) on random images."""
+  for step in range(steps):
+    for i in range(gan.disc_iters + 1):
+      images = tf.random.stateless_uniform([batch, 32, 32, 1], [step, i], -1.0, 1.0)
+      data = {"images": images, "labels": tf.zeros([batch], tf.int32),
+              "true_labels": tf.zeros([batch], tf.int32)}
+      step_t = tf.constant(step, tf.int64)
+      if i < gan.disc_iters:
+        gan.d_step(data, step_t, tf.constant(i, tf.int64))
+      else:
+        metrics = gan.g_step(data, step_t)
+    gan.update_ema(step + 1)
+  return metrics
+
+
+# -- the layer ------------------------------------------------------------------------------
+
+def test_adafm_identity_reproduces_the_frozen_conv_exactly():
+  x = tf.random.stateless_normal([2, 8, 8, 4], seed=[1, 2])
+  conv = layers.SNConv2D(6, 3, name="c")
+  for _ in range(3):  # a few power iterations, as in a trained source
+    conv(x, training=True)
+  want = conv(x, training=False).numpy()
+  u = conv.sn_u.numpy().copy()
+  conv.freeze_sigma()
+  conv.set_kernel_transform(layers.AdaFM(name="adafm"))
+  for training in (False, True):
+    np.testing.assert_array_equal(conv(x, training=training).numpy(), want)
+  np.testing.assert_array_equal(conv.sn_u.numpy(), u)  # σ frozen: u not updated
+
+  standalone = layers.AdaFMConv2D(6, 3, name="s")
+  standalone(x)
+  for dst, src in ((standalone.kernel, conv.kernel), (standalone.bias, conv.bias),
+                   (standalone.sn_u, conv.sn_u)):
+    dst.assign(src)
+  np.testing.assert_array_equal(standalone(x, training=True).numpy(), want)
+  assert [v.name for v in standalone.trainable_variables] == ["gamma", "beta"]
+
+  # γ ⊙ W/σ + β with non-trivial γ, β equals the conv with that kernel, computed by hand.
+  adafm = conv.kernel_transform
+  adafm.gamma.assign(tf.random.stateless_uniform(adafm.gamma.shape, [3, 4], 0.5, 1.5))
+  adafm.beta.assign(tf.random.stateless_normal(adafm.beta.shape, [5, 6], stddev=0.1))
+  w = adafm.gamma * conv.sn_kernel(False) + adafm.beta
+  np.testing.assert_allclose(conv(x).numpy(),
+                             (tf.nn.conv2d(x, w, 1, "SAME") + conv.bias).numpy(), atol=1e-5)
+
+
+def test_adafm_identity_on_stylegan2_modulated_conv():
+  x = tf.random.stateless_normal([2, 8, 8, 4], seed=[1, 2])
+  s = tf.random.stateless_uniform([2, 4], seed=[3, 4], minval=0.5, maxval=1.5)
+  conv = L.ModulatedConv2D(6, 4, 3, up=True, name="m")
+  want = conv(x, s).numpy()
+  conv.set_kernel_transform(layers.AdaFM(name="adafm"))
+  np.testing.assert_array_equal(conv(x, s).numpy(), want)
+  assert [v.name for v in conv.weights] == ["kernel", "gamma", "beta"]
+
+
+def test_adafm_start_step_gates_the_gradient():
+  step = tf.Variable(0, dtype=tf.int64)
+  conv = layers.SNConv2D(3, 3, name="c")
+  x = tf.random.stateless_normal([1, 8, 8, 2], seed=[1, 2])
+  conv(x)
+  adafm = layers.AdaFM(start_step=2, step_fn=lambda: step, name="adafm")
+  conv.set_kernel_transform(adafm)
+
+  def grads():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.square(conv(x)))
+    return [float(tf.reduce_sum(tf.abs(g))) for g in tape.gradient(loss, [adafm.gamma,
+                                                                         adafm.beta])]
+
+  before = conv(x).numpy()
+  assert grads() == [0.0, 0.0]
+  step.assign(2)
+  assert min(grads()) > 0.0
+  np.testing.assert_array_equal(conv(x).numpy(), before)  # the gate changes no value
+  with pytest.raises(ValueError, match="step_fn"):
+    layers.AdaFM(start_step=5)
+
+
+# -- the transfer ---------------------------------------------------------------------------
+
+def test_transfer_freezes_low_level_wraps_convs_and_trains_the_rest(tiny_gin, tmp_path):
+  tiny_gin(*UNCOND)
+  source, prefix = _source(tmp_path)
+  tiny_gin(*UNCOND, "GAN.warm_start = @AdaFMTransfer()", f"AdaFMTransfer.source = '{prefix}'",
+           "GAN.terms = [@Adversarial(), @AdaFMMonitor()]")
+  gan = _build()
+  G, D = gan.G, gan.D
+  transfer = gan.warm_start
+  assert transfer.low_level_g(G) == ["block2", "bn_out", "conv_out"]  # 32 px + output
+  # Loaded from the source's G_ema (low and high level); D but its final linear layer.
+  np.testing.assert_array_equal(G.blocks[2].conv1.kernel.numpy(),
+                                source.G_ema.blocks[2].conv1.kernel.numpy())
+  np.testing.assert_array_equal(G.linear.kernel.numpy(), source.G_ema.linear.kernel.numpy())
+  np.testing.assert_array_equal(D.blocks[1].conv1.kernel.numpy(),
+                                source.D.blocks[1].conv1.kernel.numpy())
+  assert not np.array_equal(D.linear.kernel.numpy(), source.D.linear.kernel.numpy())
+  # Wrapped: the 3x3 convs of the 32px block, not its 1x1 shortcut; G_ema alike.
+  assert len(adafm_layers(G)) == 2 and len(adafm_layers(gan.G_ema)) == 2  # conv1, conv2
+  assert G.blocks[2].conv_sc.kernel_transform is None and G.conv_out.kernel_transform is None
+  assert [w.shape for w in G.weights] == [w.shape for w in gan.G_ema.weights]
+  frozen_g = [v for v in G.weights if v.path.split("/")[1] in ("block2", "bn_out", "conv_out")
+              and "adafm" not in v.path and "moving" not in v.path]
+  frozen_d = [v for v in D.weights if v.path.split("/")[1] == "block0"]
+  assert not any(v.trainable for v in frozen_g + frozen_d)
+  gammas = [v for v in G.trainable_variables if v.name in ("gamma", "beta")
+            and "adafm" in v.path]
+  assert len(gammas) == 4
+  # The optimizers hold slots only for trainable variables: none for frozen ones.
+  slot_names = [v.name for v in gan.g_optimizer.variables + gan.d_optimizer.variables]
+  for v in frozen_g + frozen_d:
+    stem = v.path.replace("/", "_")
+    assert not any(n.startswith(stem) for n in slot_names), stem
+  assert any(n.startswith("generator_block2_conv1_adafm_gamma") for n in slot_names)
+  assert transfer.summary["g_adafm"] == sum(int(np.prod(v.shape)) for v in gammas)
+
+  frozen_before = _values(frozen_g + frozen_d)
+  moving_before = _values(gammas + [G.linear.kernel, G.blocks[0].conv1.kernel,
+                                    D.blocks[1].conv1.kernel])
+  metrics = _train(gan, 2)
+  for path, value in _values(frozen_g + frozen_d).items():
+    np.testing.assert_array_equal(value, frozen_before[path], err_msg=path)
+  for path, value in _values(gammas + [G.linear.kernel, G.blocks[0].conv1.kernel,
+                                       D.blocks[1].conv1.kernel]).items():
+    assert np.abs(value - moving_before[path]).max() > 1e-6, path
+  assert float(metrics["adafm_gamma_dev"]) > 0 and float(metrics["adafm_active"]) == 1.0
+  assert float(metrics["params_g_trainable"]) == transfer.summary["g_trainable"]
+
+
+def test_transfer_start_step_and_reinit_high_level(tiny_gin, tmp_path):
+  tiny_gin(*UNCOND)
+  source, prefix = _source(tmp_path)
+  tiny_gin(*UNCOND, "GAN.warm_start = @AdaFMTransfer()", f"AdaFMTransfer.source = '{prefix}'",
+           "AdaFMTransfer.adafm_start_step = 2", "AdaFMTransfer.high_level = 'reinit'",
+           "AdaFMTransfer.generator = 'G'")
+  gan = _build()
+  G = gan.G
+  np.testing.assert_array_equal(G.conv_out.kernel.numpy(), source.G.conv_out.kernel.numpy())
+  assert not np.array_equal(G.linear.kernel.numpy(), source.G.linear.kernel.numpy())
+  gammas = [v for v in G.trainable_variables if "adafm" in v.path]
+  before = _values(gammas + [G.linear.kernel])
+  _train(gan, 2)  # G steps 0, 1 < 2: γ/β get no gradient (Adam with zero gradients: no move)
+  after = _values(gammas + [G.linear.kernel])
+  for v in gammas:
+    np.testing.assert_array_equal(after[v.path], before[v.path])
+  assert np.abs(after[G.linear.kernel.path] - before[G.linear.kernel.path]).max() > 1e-6
+  _train(gan, 1)  # G step 2: they move
+  assert all(np.abs(v.numpy() - before[v.path]).max() > 1e-6 for v in gammas)
+
+
+def test_source_of_another_architecture_fails_naming_the_first_tensor(tiny_gin, tmp_path):
+  tiny_gin(*UNCOND)
+  _, prefix = _source(tmp_path)
+  tiny_gin(*UNCOND, "GAN.warm_start = @AdaFMTransfer()", f"AdaFMTransfer.source = '{prefix}'",
+           "BigGANGenerator.ch = 8")
+  with pytest.raises(SourceMismatchError, match=r"'G_ema/linear/kernel' is \(4, 256\) but "
+                                                r"the model's 'G/linear/kernel' is \(4, 512\)"):
+    GAN().build(2, (32, 32, 1))
+  tiny_gin(*UNCOND, "GAN.warm_start = @AdaFMTransfer()", f"AdaFMTransfer.source = '{prefix}'",
+           "BigGANDiscriminator.attention_resolution = 8")  # a layer the source lacks
+  with pytest.raises(SourceMismatchError, match="has no tensor 'D/attention1/"):
+    GAN().build(2, (32, 32, 1))
+  tiny_gin(*UNCOND, "GAN.warm_start = @AdaFMTransfer()",
+           f"AdaFMTransfer.source = '{tmp_path / 'nowhere'}'")
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    GAN().build(2, (32, 32, 1))
+
+
+def test_npz_importer_round_trips_and_names_bad_tensors(tiny_gin, tmp_path):
+  tiny_gin()
+  source, _ = _source(tmp_path)
+  path = str(tmp_path / "w.npz")
+  names = export_npz(source, path)
+  assert "G/block2/conv1/kernel" in names and "D/linear/kernel" in names
+  tiny_gin("GAN.warm_start = @NpzImporter()", f"NpzImporter.path = '{path}'")
+  gan = GAN()  # another seed's init, overwritten by the import
+  gan.build(2, (32, 32, 1))
+  for a, b in ((gan.G, source.G), (gan.D, source.D), (gan.G_ema, source.G)):
+    for x, y in zip(a.weights, b.weights):
+      np.testing.assert_array_equal(x.numpy(), y.numpy(), err_msg=x.path)
+
+  # A name map with PyTorch layouts; a wrong shape names the tensor.
+  k = source.G.conv_out.kernel.numpy()
+  lin = source.D.linear.kernel.numpy()
+  np.savez(tmp_path / "torch.npz", **{"conv_img.weight": k.transpose(3, 2, 0, 1),
+                                      "fc.weight": lin.T, "fc.bias": np.zeros([5])})
+  imp = NpzImporter(str(tmp_path / "torch.npz"), name_map={
+      "conv_img.weight": "G/conv_out/kernel|torch_conv",
+      "fc.weight": "D/linear/kernel|torch_linear", "fc.bias": "D/linear/bias"},
+      allow_missing=True)
+  np.testing.assert_array_equal(imp.get("G", "conv_out/kernel"), k)
+  np.testing.assert_array_equal(imp.get("D", "linear/kernel"), lin)
+  with pytest.raises(SourceMismatchError, match=r"'D/linear/bias' is \(5,\) but the model's "
+                                                r"'D/linear/bias' is \(1,\)"):
+    imp(gan)
+  with pytest.raises(SourceMismatchError, match="'nope'"):
+    NpzImporter(str(tmp_path / "torch.npz"), name_map={"nope": "G/x"})
+
+
+SG2 = ["GAN.generator = @StyleGAN2Generator", "GAN.discriminator = @StyleGAN2Discriminator",
+       "StyleGAN2Generator.channels = 1", "StyleGAN2Generator.z_dim = 8",
+       "StyleGAN2Generator.w_dim = 8", "StyleGAN2Generator.mapping_layers = 2",
+       "StyleGAN2Generator.fmap_base = 1024", "StyleGAN2Generator.fmap_max = 8",
+       "StyleGAN2Discriminator.channels = 1", "StyleGAN2Discriminator.fmap_base = 1024",
+       "StyleGAN2Discriminator.fmap_max = 8", "GAN.disc_iters = 1"]
+
+
+def test_stylegan2_transfer_maps_blocks_from_the_output_side(tmp_path):
+  """A 32px source into a 16px target: G's b16 <- b32 (output side), D's b16 <- b32 (input)."""
+  gin.clear_config()
+  try:
+    gin.parse_config(SG2 + ["StyleGAN2Generator.resolution = 32",
+                            "StyleGAN2Discriminator.resolution = 32"])
+    src = GAN()
+    src.build(2, (32, 32, 1))
+    prefix = tf.train.Checkpoint(**src.checkpoint_items()).save(str(tmp_path / "s" / "ckpt"))
+    gin.clear_config()
+    gin.parse_config(SG2 + ["StyleGAN2Generator.resolution = 16",
+                            "StyleGAN2Discriminator.resolution = 16",
+                            "GAN.warm_start = @AdaFMTransfer()",
+                            f"AdaFMTransfer.source = '{prefix}'",
+                            "AdaFMTransfer.low_level_resolution = 16"])
+    gan = GAN()
+    x = tf.random.stateless_normal([2, 8], seed=[1, 2])
+    gan.build(2, (16, 16, 1))
+    G = gan.G
+    assert gan.warm_start.low_level_g(G) == ["b16"]
+    np.testing.assert_array_equal(G.blocks[-1].conv1.conv.kernel.numpy(),
+                                  src.G_ema.blocks[-1].conv1.conv.kernel.numpy())  # b16 <- b32
+    np.testing.assert_array_equal(G.blocks[1].conv1.conv.kernel.numpy(),
+                                  src.G_ema.blocks[2].conv1.conv.kernel.numpy())  # b8 <- b16
+    np.testing.assert_array_equal(gan.D.blocks[0].conv0.kernel.numpy(),
+                                  src.D.blocks[0].conv0.kernel.numpy())  # D b16 <- b32
+    wrapped = adafm_layers(G)
+    assert len(wrapped) == 2  # conv0, conv1 of b16; not its 1x1 toRGB
+    assert G.blocks[-1].torgb.conv.kernel_transform is None
+    assert not G.blocks[-1].conv1.conv.kernel.trainable
+    # γ = 1, β = 0: the generator still computes what it did before wrapping.
+    y = G(x, training=False, noise_mode="const").numpy()
+    for a in wrapped:
+      a.gamma.assign(a.gamma + 0.1)
+    assert not np.allclose(G(x, training=False, noise_mode="const").numpy(), y)
+    for a in wrapped:
+      a.gamma.assign(tf.ones_like(a.gamma))
+    np.testing.assert_array_equal(G(x, training=False, noise_mode="const").numpy(), y)
+  finally:
+    gin.clear_config()
