@@ -125,7 +125,7 @@ TINY_OVERRIDES = [
     "ImageData.random_flip = False", "RESOLUTION = 32", "CHANNELS = 1",
     "Trainer.batch_size = 8", "Trainer.train_steps = 1", "Trainer.log_every = 1000",
     "Trainer.summary_every = 1", "Trainer.image_every = 1000", "Trainer.checkpoint_every = 1000",
-    "Trainer.num_samples_grid = 4",
+    "Trainer.num_samples_grid = 4", "Trainer.eval_every = 0",
     "BigGANGenerator.ch = 4", "BigGANDiscriminator.ch = 4", "BigGANGenerator.z_dim = 16",
     "BigGANGenerator.shared_dim = 8", "BigGANGenerator.attention_resolution = 16",
     "BigGANDiscriminator.attention_resolution = 16",

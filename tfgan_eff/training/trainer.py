@@ -245,9 +245,14 @@ class Trainer:
                  "%d D step(s) per G step.", type(self.gan.G).__name__, start,
                  self.train_steps, self.batch_size, self.strategy.num_replicas_in_sync,
                  self.gan.disc_iters)
+    counts = self.parameter_counts()
+    logging.info("Parameters: %s", "; ".join(f"{k} {v:,}" for k, v in counts.items()))
     times, t_last = [], time.perf_counter()
     operative_written = False
     with writer.as_default():
+      tf.summary.text("model/parameters", "\n".join(
+          ["| | parameters |", "|---|---|"] + [f"| {k} | {v:,} |" for k, v in counts.items()]),
+                      step=start)
       for step in range(start + 1, self.train_steps + 1):
         metrics = train_step(iterator)
         if not operative_written:  # after the first step every configurable has been used
@@ -264,6 +269,17 @@ class Trainer:
     self._write_final_samples()
     logging.info("Done: step %d, checkpoint %s.", self.train_steps,
                  self.manager.latest_checkpoint)
+
+  def parameter_counts(self):
+    """{name: count}: trainable and non-trainable (frozen weights, buffers) of G, D, terms."""
+    size = lambda vs: int(sum(np.prod(v.shape) for v in vs))  # noqa: E731
+    g, d = self.gan.G, self.gan.D
+    term_vars = self.gan.d_variables()[len(d.trainable_variables):]
+    return {"G trainable": size(g.trainable_variables),
+            "G non-trainable": size(g.non_trainable_variables),
+            "D trainable": size(d.trainable_variables),
+            "D non-trainable": size(d.non_trainable_variables),
+            "heads (trained with D)": size(term_vars)}
 
   def _periodic(self, step, metrics, times, per_step):
     last = step == self.train_steps
