@@ -59,3 +59,16 @@ def mirrored():
   if not _MIRRORED:
     _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
   return _MIRRORED[0]
+
+
+def scalars(model_dir):
+  """{last tag component: value} of a run's numeric scalar summaries (text skipped)."""
+  out = {}
+  events = os.path.join(model_dir, "train")
+  for f in sorted(os.listdir(events)):
+    for e in tf.compat.v1.train.summary_iterator(os.path.join(events, f)):
+      for v in e.summary.value:
+        value = tf.make_ndarray(v.tensor)
+        if value.ndim == 0 and value.dtype.kind in "fiu":
+          out[v.tag.split("/")[-1]] = float(value)
+  return out

@@ -159,17 +159,6 @@ def _parse_tiny(name):
   return fraction
 
 
-def _scalars(model_dir):
-  out = {}
-  for f in os.listdir(os.path.join(model_dir, "train")):
-    for e in tf.compat.v1.train.summary_iterator(os.path.join(model_dir, "train", f)):
-      for v in e.summary.value:
-        value = tf.make_ndarray(v.tensor)
-        if value.ndim == 0:
-          out[v.tag.split("/")[-1]] = float(value)
-  return out
-
-
 def _one_step(name, model_dir):
   """Trains the tiny version of gin/<name>.gin for one step; -> (trainer, scalars)."""
   try:
@@ -180,7 +169,7 @@ def _one_step(name, model_dir):
     t.train()
   finally:
     gin.clear_config()
-  s = _scalars(model_dir)
+  s = conftest.scalars(model_dir)
   assert all(np.isfinite(v) for v in s.values())
   if "rotation" in terms:
     for k in ("d_rotation_loss", "g_rotation_loss", "rotation_accuracy_real",
@@ -381,7 +370,7 @@ def test_s3gan_one_vs_two_replicas_give_the_same_weights(tiny_gin, tmp_path):
   n_d = len(t1.gan.D.trainable_variables)
   moved = [np.abs(a - v.numpy()).max() for a, v in zip(before[n_d:], heads)]
   assert min(moved) > 1e-4  # both heads were trained
-  s1, s2 = _scalars(str(tmp_path / "one")), _scalars(str(tmp_path / "two"))
+  s1, s2 = conftest.scalars(str(tmp_path / "one")), conftest.scalars(str(tmp_path / "two"))
   for k in ("class_loss", "d_rotation_loss", "label_fraction", "label_accuracy_unlabelled",
             "rotation_accuracy_real", "g_rotation_loss"):
     assert s1[k] == pytest.approx(s2[k], rel=1e-3, abs=1e-5), k

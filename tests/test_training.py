@@ -110,6 +110,10 @@ def test_periodic_eval_writes_fid_and_keeps_the_best_checkpoint(tiny_gin, tmp_pa
       for v in e.summary.value:
         tags.setdefault(v.tag, []).append(e.step)
   assert tags["eval/fid"] == [1, 2, 3] and tags["eval/kid_mean"] == [1, 2, 3]
+  assert tags["model/parameters"] == [0]  # the parameter-count table, once at the start
+  counts = t.parameter_counts()
+  assert counts["G trainable"] == sum(int(np.prod(v.shape)) for v in t.gan.G.trainable_variables)
+  assert counts["heads (trained with D)"] == 0 and counts["D trainable"] > 0
   with open(tmp_path / "run" / "best" / "best.json") as f:
     best = json.load(f)
   assert best["fid"] == pytest.approx(min(fids)) and best["step"] == 1 + int(np.argmin(fids))
