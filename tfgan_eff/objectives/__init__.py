@@ -5,3 +5,4 @@ from tfgan_eff.objectives.base import Term
 from tfgan_eff.objectives.path_length import PathLengthPenalty
 from tfgan_eff.objectives.self_supervised import RotationTerm
 from tfgan_eff.objectives.semi_supervised import ClassifierTerm
+from tfgan_eff.objectives.instance import InstanceDiscrimination
