@@ -55,17 +55,10 @@ def train(name, extra):
 
 
 def read_curves(model_dir):
-  """{tag: {step: value}} from the run's TensorBoard event files."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  out = {}
-  events = os.path.join(model_dir, "train")
-  for f in sorted(os.listdir(events)):
-    for e in tf.compat.v1.train.summary_iterator(os.path.join(events, f)):
-      for v in e.summary.value:
-        tag = v.tag.split("/")[-1]
-        if tag in CURVES:
-          out.setdefault(tag, {})[e.step] = float(tf.make_ndarray(v.tensor))
-  return out
+  """{tag: {step: value}} of the CURVES scalars of a run."""
+  from tfgan_eff.training.trainer import read_scalars  # pylint: disable=import-outside-toplevel
+  return {tag.split("/")[-1]: values for tag, values in read_scalars(model_dir).items()
+          if tag.split("/")[-1] in CURVES}
 
 
 def d_logits(gan, images, batch=256):

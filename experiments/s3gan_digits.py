@@ -50,16 +50,10 @@ def train(model_dir):
 
 
 def last_scalar(model_dir, tag):
-  """The last logged value of a TensorBoard scalar (None if absent)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  last = None
-  events = os.path.join(model_dir, "train")
-  for f in sorted(os.listdir(events)):
-    for e in tf.compat.v1.train.summary_iterator(os.path.join(events, f)):
-      for v in e.summary.value:
-        if v.tag == tag:
-          last = (e.step, float(tf.make_ndarray(v.tensor)))
-  return last
+  """(step, value) of the last logged value of a TensorBoard scalar (None if absent)."""
+  from tfgan_eff.training.trainer import read_scalars  # pylint: disable=import-outside-toplevel
+  values = read_scalars(model_dir).get(tag)
+  return (max(values), values[max(values)]) if values else None
 
 
 def head_predictions(gan, images, batch=256):

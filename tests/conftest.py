@@ -62,13 +62,7 @@ def mirrored():
 
 
 def scalars(model_dir):
-  """{last tag component: value} of a run's numeric scalar summaries (text skipped)."""
-  out = {}
-  events = os.path.join(model_dir, "train")
-  for f in sorted(os.listdir(events)):
-    for e in tf.compat.v1.train.summary_iterator(os.path.join(events, f)):
-      for v in e.summary.value:
-        value = tf.make_ndarray(v.tensor)
-        if value.ndim == 0 and value.dtype.kind in "fiu":
-          out[v.tag.split("/")[-1]] = float(value)
-  return out
+  """{last tag component: last value} of a run's numeric scalar summaries."""
+  from tfgan_eff.training.trainer import read_scalars  # pylint: disable=import-outside-toplevel
+  return {tag.split("/")[-1]: values[max(values)]
+          for tag, values in read_scalars(model_dir).items()}

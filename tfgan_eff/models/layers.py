@@ -88,10 +88,11 @@ class SNDense(SpectralNormMixin, keras.layers.Layer):
 
 
 class KernelTransformMixin:
-  """The AdaFM hook: an optional `fn(kernel) -> kernel` applied to the normalized kernel.
+  """The AdaFM hook: an optional `fn(kernel) -> kernel` applied to a layer's kernel.
 
-  The same contract as `stylegan2_layers`' hook: `fn` may be a Keras layer, whose variables
-  then become part of this layer's variables (after this layer's own).
+  `fn` may be a Keras layer, whose variables then become part of this layer's variables
+  (after this layer's own). `SNConv2D` applies it to W/σ; the StyleGAN2 layers to their
+  stored N(0, 1) kernel before the equalized-lr scale.
   """
 
   kernel_transform = None

@@ -27,6 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfgan_eff.models.layers import KernelTransformMixin
+
 SQRT2 = math.sqrt(2.0)
 LRELU_SLOPE = 0.2
 ACTIVATION_GAINS = {"linear": 1.0, "lrelu": SQRT2}
@@ -138,30 +140,13 @@ def labels_to_distribution(y, num_classes, dtype=tf.float32):
   return tf.cast(y, dtype)
 
 
-class _KernelTransformMixin:
-  """The AdaFM hook: an optional `fn(kernel) -> kernel` applied to the stored kernel."""
-
-  kernel_transform = None
-
-  def set_kernel_transform(self, fn):
-    """Installs `fn` (a callable or a Keras layer; None removes it), also after build."""
-    locked = self._tracker.locked
-    self._tracker.unlock()
-    try:
-      self.kernel_transform = fn
-    finally:
-      if locked:
-        self._tracker.lock()
+class _KernelTransformMixin(KernelTransformMixin):
+  """The AdaFM hook (`layers.KernelTransformMixin`), applied to the stored N(0, 1) kernel."""
 
   def base_kernel(self):
     """The stored kernel after the optional transform, before the equalized-lr scale."""
-    w = self.kernel
-    return self.kernel_transform(w) if self.kernel_transform is not None else w
+    return self._transformed(self.kernel)
 
-
-# ---------------------------------------------------------------------------------------
-# Equalized-learning-rate layers
-# ---------------------------------------------------------------------------------------
 
 class EqualizedDense(_KernelTransformMixin, keras.layers.Layer):
   """Dense layer with equalized learning rate: y = act(x @ (W * lr/sqrt(in)) + b * lr).

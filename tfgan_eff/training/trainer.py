@@ -349,6 +349,22 @@ class Trainer:
                 image_grid(self.samples(self.num_samples_grid)))
 
 
+def read_scalars(model_dir):
+  """{tag: {step: value}} of the numeric scalars a run wrote to TensorBoard (`train/`).
+
+  >>> read_scalars("runs/quickstart")["eval/fid"]   # {200: 156.6, 400: 101.7, ...}
+  """
+  out = {}
+  events = os.path.join(model_dir, "train")
+  for name in sorted(os.listdir(events)):
+    for e in tf.compat.v1.train.summary_iterator(os.path.join(events, name)):
+      for v in e.summary.value:
+        value = tf.make_ndarray(v.tensor)
+        if value.ndim == 0 and value.dtype.kind in "fiu":
+          out.setdefault(v.tag, {})[e.step] = float(value)
+  return out
+
+
 def load_gan(model_dir, checkpoint_path=None):
   """Rebuilds the GAN of a run from its saved gin config and restores its checkpoint.
 
