@@ -365,11 +365,8 @@ def read_scalars(model_dir):
   return out
 
 
-def load_gan(model_dir, checkpoint_path=None):
-  """Rebuilds the GAN of a run from its saved gin config and restores its checkpoint.
-
-  Returns (gan, step). Uses the default strategy; data is not loaded.
-  """
+def parse_run_config(model_dir):
+  """Makes a run's saved gin config (its `config.gin`) the current one; -> model_dir."""
   model_dir = os.path.expanduser(model_dir)
   cfg = os.path.join(model_dir, "config.gin")
   if not os.path.exists(cfg):
@@ -379,6 +376,15 @@ def load_gan(model_dir, checkpoint_path=None):
   from tfgan_eff import config  # pylint: disable=import-outside-toplevel
   gin.clear_config()
   config.parse([cfg], [])
+  return model_dir
+
+
+def load_gan(model_dir, checkpoint_path=None):
+  """Rebuilds the GAN of a run from its saved gin config and restores its checkpoint.
+
+  Returns (gan, step). Uses the default strategy; data is not loaded.
+  """
+  model_dir = parse_run_config(model_dir)
   path = checkpoint_path or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
   if not path:
     raise FileNotFoundError(f"No checkpoint in '{model_dir}/checkpoints'. Train first.")
