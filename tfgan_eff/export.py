@@ -28,7 +28,7 @@ import tempfile
 
 import tensorflow as tf
 
-from tfgan_eff.rng import SampleRNG
+from tfgan_eff.rng import SampleRNG, sample_in_batches
 
 NOISE_MODES = ("const", "random", "none")
 
@@ -136,26 +136,14 @@ def export(generator, export_dir):
 def sampler(exported, truncation_psi=1.0, batch_size=100):
   """(n, seed) -> n uint8 samples [n, H, W, C] of an export (a path or a loaded module).
 
-  Labels are uniform over the classes. For the same seed it draws the same latents and
-  labels as `trainer.generate_uint8` on the run's EMA generator, so an export and its
-  checkpoint evaluate to the same numbers (`bin/eval --saved_model`).
+  Labels are uniform over the classes. For the same seed it feeds the same latents and
+  labels as `trainer.generate_uint8` does the run's EMA generator
+  (`rng.sample_in_batches`), so an export and its checkpoint evaluate to the same numbers
+  (`bin/eval --saved_model`).
   """
-  import numpy as np  # pylint: disable=import-outside-toplevel
   m = tf.saved_model.load(exported) if isinstance(exported, str) else exported
-  z_dim, classes = int(m.z_dim), int(m.num_classes)
   psi = tf.constant(truncation_psi, tf.float32)
-
-  def sample(n, seed):
-    out, done = [], 0
-    while done < n:
-      b = min(batch_size, n - done)
-      z = tf.random.stateless_normal([b, z_dim], seed=[seed, done])
-      if classes:
-        y = tf.random.stateless_uniform([b], seed=[seed + 1, done], maxval=classes,
-                                        dtype=tf.int32)
-        out.append(m.generate(z, y, psi).numpy())
-      else:
-        out.append(m.generate(z, truncation_psi=psi).numpy())
-      done += b
-    return np.concatenate(out)
-  return sample
+  generate = lambda z, y: (m.generate(z, y, psi) if y is not None  # noqa: E731
+                           else m.generate(z, truncation_psi=psi))
+  return lambda n, seed: sample_in_batches(generate, n, int(m.z_dim), int(m.num_classes),
+                                           batch_size, seed)

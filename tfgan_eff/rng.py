@@ -70,3 +70,21 @@ class SampleRNG:
     """Integers uniform in [minval, maxval) of `shape`; shape[0] is the local batch."""
     return self._draw(tf.random.stateless_uniform, shape, minval=minval,
                       maxval=maxval, dtype=dtype)
+
+
+def sample_in_batches(generate, n, z_dim, num_classes, batch_size, seed):
+  """n samples of `generate(z, labels)` (labels None when unconditional) as numpy.
+
+  Latents and uniform labels are a fixed function of (seed, sample index), so a run's EMA
+  generator and its SavedModel export are fed exactly the same inputs for evaluation.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  out, done = [], 0
+  while done < n:
+    b = min(batch_size, n - done)
+    z = tf.random.stateless_normal([b, z_dim], seed=[seed, done])
+    y = (tf.random.stateless_uniform([b], seed=[seed + 1, done], maxval=num_classes,
+                                     dtype=tf.int32) if num_classes else None)
+    out.append(np.asarray(generate(z, y)))
+    done += b
+  return np.concatenate(out)

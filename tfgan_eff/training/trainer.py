@@ -16,6 +16,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfgan_eff.config import configurable
+from tfgan_eff.rng import sample_in_batches
 from tfgan_eff.training import checkpoints
 from tfgan_eff.training.gan import GAN
 
@@ -88,15 +89,8 @@ def write_png(path, grid):
 
 def generate_uint8(gan, n, batch_size=64, seed=0, truncation=1.0):
   """n samples of the EMA generator as uint8 numpy [n, H, W, C]; labels uniform."""
-  out, done = [], 0
-  while done < n:
-    b = min(batch_size, n - done)
-    z = tf.random.stateless_normal([b, gan.G.z_dim], seed=[seed, done])
-    y = (tf.random.stateless_uniform([b], seed=[seed + 1, done], maxval=gan.num_classes,
-                                     dtype=tf.int32) if gan.num_classes else None)
-    out.append(_to_uint8(gan.generate(z, y, truncation)).numpy())
-    done += b
-  return np.concatenate(out)
+  return sample_in_batches(lambda z, y: _to_uint8(gan.generate(z, y, truncation)), n,
+                           gan.G.z_dim, gan.num_classes, batch_size, seed)
 
 
 @configurable
