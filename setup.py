@@ -10,7 +10,8 @@ setuptools.setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["tfgan_eff", "tfgan_eff.*"]),
-    scripts=["bin/train", "bin/eval", "bin/export", "bin/sample", "bin/benchmark"],
+    scripts=["bin/train", "bin/eval", "bin/export", "bin/sample", "bin/benchmark",
+             "bin/study"],
     python_requires=">=3.10",
     install_requires=[
         # tensorflow-cpu is enough where there is no GPU; with a GPU install
@@ -27,5 +28,5 @@ setuptools.setup(
         "scikit-learn>=1.3",  # the built-in dataset: sklearn's bundled handwritten digits
         "pillow>=10.0",       # clean-fid style resizing and PNG grids
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "matplotlib>=3.7"], "study": ["matplotlib>=3.7"]},
 )

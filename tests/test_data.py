@@ -18,6 +18,29 @@ def test_data_fraction_is_exact_and_deterministic():
   assert len(subset_indices(1000, count=37, seed=0)) == 37
 
 
+def test_class_balanced_subset_keeps_each_class_share_exactly():
+  labels = np.repeat(np.arange(10), [100, 90, 110, 100, 100, 100, 100, 100, 100, 100])
+  keep = subset_indices(len(labels), count=100, seed=0, labels=labels)
+  assert len(keep) == 100 and len(set(keep)) == 100
+  counts = np.bincount(labels[keep], minlength=10)
+  assert counts.sum() == 100 and counts.min() >= 9 and counts.max() <= 11
+  np.testing.assert_array_equal(counts[3:], [10] * 7)
+  np.testing.assert_array_equal(keep, subset_indices(len(labels), count=100, seed=0,
+                                                     labels=labels))
+  assert not np.array_equal(keep, subset_indices(len(labels), count=100, seed=1,
+                                                 labels=labels))
+  with pytest.raises(ValueError, match="class_balanced"):
+    subset_indices(4, count=2, labels=np.array([0, 1, -1, 1]))
+
+
+def test_image_data_class_balanced_subset_of_digits():
+  d = ImageData(Digits(), resolution=8, num_images=50, class_balanced=True)
+  np.testing.assert_array_equal(np.bincount(d.true_labels, minlength=10), [5] * 10)
+  assert len(d.source_indices) == 50 and "balanced" in d.name
+  src = Digits()
+  np.testing.assert_array_equal(d.images[:, :, :, 0], src.images[d.source_indices, :, :, 0])
+
+
 def test_label_fraction_is_class_balanced_and_deterministic():
   labels = np.repeat(np.arange(10), 100)
   keep = label_mask(labels, 0.1, seed=1)

@@ -57,8 +57,13 @@ def _resize(images, resolution):
   return np.clip(np.round(out.numpy()), 0, 255).astype(np.uint8)
 
 
-def subset_indices(n, fraction=1.0, count=None, seed=0):
-  """The sorted indices of a fixed, seeded subset: `count` images or `round(n·fraction)`."""
+def subset_indices(n, fraction=1.0, count=None, seed=0, labels=None):
+  """The sorted indices of a fixed, seeded subset: `count` images or `round(n·fraction)`.
+
+  With `labels` (int [n]) the subset is class-balanced: each class keeps its share of the
+  count (largest remainder, so the total is exact; e.g. 100 of MNIST's 10,000 digits are
+  10 per class), drawn at random within the class.
+  """
   if count is None:
     if not 0.0 < fraction <= 1.0:
       raise ValueError(f"data_fraction must be in (0, 1], got {fraction}.")
@@ -68,7 +73,19 @@ def subset_indices(n, fraction=1.0, count=None, seed=0):
   if count == n:
     return np.arange(n)
   rng = np.random.default_rng([seed, 0x5EB5E7])
-  return np.sort(rng.permutation(n)[:count])
+  if labels is None:
+    return np.sort(rng.permutation(n)[:count])
+  labels = np.asarray(labels)
+  if len(labels) != n or (labels < 0).any():
+    raise ValueError("A class-balanced subset needs a label >= 0 for every image; the source "
+                     "has unlabelled images. Set ImageData.class_balanced = False.")
+  classes, sizes = np.unique(labels, return_counts=True)
+  share = sizes * (count / n)
+  take = np.floor(share).astype(int)
+  by_remainder = np.argsort(-(share - take), kind="stable")
+  take[by_remainder[:count - take.sum()]] += 1
+  keep = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+  return np.sort(np.concatenate(keep))
 
 
 def label_mask(labels, fraction=1.0, seed=0):
@@ -110,6 +127,8 @@ class ImageData:
       classes, [9] for a held-out target); labels become their index in this list and
       `num_classes` its length. The subset (`data_fraction` / `num_images`) is then taken
       among these images. In-memory sources only.
+    class_balanced: draw the subset class-balanced (each class keeps its share of
+      `num_images` / `data_fraction`); needs a label on every image.
     label_fraction: keep labels on a fixed, seeded, class-balanced fraction; others get -1.
     random_flip: random horizontal flips in the training stream.
     seed: seeds the subset, the label mask, the shuffling order and the flips.
@@ -120,7 +139,8 @@ class ImageData:
 
   def __init__(self, source, resolution=32, channels=None, data_fraction=1.0,
                num_images=None, label_fraction=1.0, random_flip=False, seed=0,
-               max_in_memory_mb=2048, shuffle_buffer=10000, classes=None):
+               max_in_memory_mb=2048, shuffle_buffer=10000, classes=None,
+               class_balanced=False):
     if resolution < 4 or resolution & (resolution - 1):
       raise ValueError(f"ImageData.resolution must be a power of two >= 4, got {resolution}.")
     if channels not in (None, 1, 3):
@@ -134,6 +154,7 @@ class ImageData:
     if self.classes is not None:
       self.num_classes = len(self.classes)
     self.data_fraction, self.label_fraction = data_fraction, label_fraction
+    self.class_balanced = class_balanced
     self.shuffle_buffer = shuffle_buffer
     n_total = len(source)
     if n_total == 0:
@@ -151,6 +172,12 @@ class ImageData:
                  f"-n{num_images if num_images else data_fraction}-s{seed}")
     if self.classes is not None:
       self.name += "-classes" + "_".join(str(c) for c in self.classes)
+    if class_balanced:
+      if not self.in_memory:
+        raise ValueError(f"ImageData.class_balanced needs an in-memory source, but "
+                         f"'{source.name}' (~{est_mb:.0f} MB) streams; raise "
+                         f"ImageData.max_in_memory_mb or drop class_balanced.")
+      self.name += "-balanced"
     if self.in_memory:
       self._load(n_total, num_images)
     else:
@@ -171,21 +198,27 @@ class ImageData:
                        f"{source.num_classes}) of '{source.name}', got {classes}.")
     return classes
 
+  def _source_labels(self):
+    labels = getattr(self.source, "labels", None)
+    if labels is None:
+      labels = [y for _, y in self.source]
+    return np.asarray(labels)
+
   def _eligible(self, n_total):
     """Indices of the source images that `classes` allows (all without it)."""
     if self.classes is None:
       return np.arange(n_total)
-    labels = getattr(self.source, "labels", None)
-    if labels is None:
-      labels = [y for _, y in self.source]
-    idx = np.flatnonzero(np.isin(np.asarray(labels), self.classes))
+    idx = np.flatnonzero(np.isin(self._source_labels(), self.classes))
     if not len(idx):
       raise ValueError(f"Source '{self.source.name}' has no image of classes {self.classes}.")
     return idx
 
   def _load(self, n_total, num_images):
     eligible = self._eligible(n_total)
-    keep = eligible[subset_indices(len(eligible), self.data_fraction, num_images, self.seed)]
+    labels = self._source_labels()[eligible] if self.class_balanced else None
+    keep = eligible[subset_indices(len(eligible), self.data_fraction, num_images, self.seed,
+                                   labels)]
+    self.source_indices = keep  # which source images were kept (sorted)
     keep_set = np.zeros(n_total, bool)
     keep_set[keep] = True
     images, labels, chunk = [], [], []

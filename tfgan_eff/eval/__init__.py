@@ -1,13 +1,16 @@
-"""Evaluation: FID / IS / KID / precision-recall on Inception (or toy digits) features.
+"""Evaluation: FID / IS / KID / precision-recall on Inception (or digits / MNIST) features.
 
 Metric maths (numpy/scipy, float64) in `metrics`, feature extractors in `features` and
 `inception`, and the gin-configurable `Evaluator` that ties them to a generator and a
-cached real set. Nothing here downloads at import time.
+cached real set; pixel-space memorisation and augmentation-leak checks in `memorisation`.
+Nothing here downloads at import time.
 """
 
 from tfgan_eff.eval.evaluator import Evaluator, make_extractor
 from tfgan_eff.eval.features import (DigitsClassifierExtractor, FeatureExtractor,
-                                     heldout_digits, to_uint8)
+                                     MnistClassifierExtractor, heldout_digits,
+                                     heldout_mnist, mnist_split, to_uint8)
+from tfgan_eff.eval.memorisation import augmentation_leak, memorisation_rate
 from tfgan_eff.eval.inception import (InceptionExtractor, InceptionNotFoundError,
                                       load_inception, locate_inception)
 from tfgan_eff.eval.metrics import (StreamingMoments, frechet_distance, inception_score,
@@ -16,7 +19,8 @@ from tfgan_eff.eval.metrics import (StreamingMoments, frechet_distance, inceptio
 
 __all__ = [
     "Evaluator", "make_extractor", "DigitsClassifierExtractor", "FeatureExtractor",
-    "heldout_digits", "to_uint8", "InceptionExtractor", "InceptionNotFoundError",
+    "MnistClassifierExtractor", "heldout_digits", "heldout_mnist", "mnist_split", "to_uint8",
+    "memorisation_rate", "augmentation_leak", "InceptionExtractor", "InceptionNotFoundError",
     "load_inception", "locate_inception", "StreamingMoments", "frechet_distance",
     "inception_score", "kernel_inception_distance", "load_reference_stats",
     "precision_recall", "trace_sqrt_product",

@@ -21,18 +21,26 @@ from absl import logging
 from tfgan_eff.config import configurable
 from tfgan_eff.eval import metrics as metrics_lib
 from tfgan_eff.eval.features import (DEFAULT_CACHE_DIR, DigitsClassifierExtractor,
-                                     FeatureExtractor, as_uint8_batch)
+                                     FeatureExtractor, MnistClassifierExtractor,
+                                     as_uint8_batch)
 
 METRICS = ("fid", "is", "kid", "pr")
 _ALIASES = {"fid": "fid", "is": "is", "inception_score": "is", "kid": "kid", "pr": "pr",
             "precision_recall": "pr"}
 _CACHE_VERSION = 1
+_MNIST_PATH_MISSING = (
+    "feature_extractor='mnist' trains its classifier on the real MNIST test digits: set "
+    "Evaluator.mnist_path (make_extractor's mnist_path) to the path of "
+    "t10k-images-idx3-ubyte.gz (t10k-labels-idx1-ubyte.gz beside it).")
 
 
 def make_extractor(feature_extractor="inception", inception_path=None,
                    cache_dir=DEFAULT_CACHE_DIR, resize="legacy_tf", download=False,
-                   inception_sha256=None, batch_size=50):
-  """"inception" | "digits" | a FeatureExtractor instance -> FeatureExtractor."""
+                   inception_sha256=None, batch_size=50, mnist_path=None):
+  """"inception" | "digits" | "mnist" | a FeatureExtractor instance -> FeatureExtractor.
+
+  "mnist" needs `mnist_path`, the MNIST t10k-images-idx3-ubyte.gz (labels beside it).
+  """
   if isinstance(feature_extractor, FeatureExtractor):
     return feature_extractor
   if feature_extractor == "inception":
@@ -42,8 +50,13 @@ def make_extractor(feature_extractor="inception", inception_path=None,
                           batch_size=batch_size)
   if feature_extractor == "digits":
     return DigitsClassifierExtractor(cache_dir=cache_dir)
+  if feature_extractor == "mnist":
+    if mnist_path is None:
+      raise ValueError(_MNIST_PATH_MISSING)
+    return MnistClassifierExtractor(mnist_path, cache_dir=cache_dir)
   raise ValueError(f"Unknown feature_extractor '{feature_extractor}': use 'inception' (the "
-                   f"standard FID network) or 'digits' (toy domain FID for digit datasets).")
+                   f"standard FID network), 'digits' (toy domain FID for digit datasets) or "
+                   f"'mnist' (domain FID for MNIST; set mnist_path).")
 
 
 def _safe(s):
@@ -58,8 +71,11 @@ class Evaluator:
     metrics: any of "fid", "is" (Inception score), "kid", "pr" (precision/recall).
     num_samples: generated images per run.
     feature_extractor: "inception" (TTUR's 2015-12-05 graph; published-comparable),
-      "digits" (toy LeNet; domain FID), or a FeatureExtractor instance.
+      "digits" (toy LeNet; domain FID), "mnist" (LeNet trained on real MNIST digits; domain
+      FID for MNIST runs; needs `mnist_path`), or a FeatureExtractor instance.
     inception_path: classify_image_graph_def.pb / inception-2015-12-05.tgz / a folder.
+    mnist_path: the MNIST test images t10k-images-idx3-ubyte.gz (with
+      t10k-labels-idx1-ubyte.gz beside it), for feature_extractor="mnist".
     cache_dir: weights and reference statistics cache.
     kid_subsets, kid_subset_size: KID block estimator (100 × 1000 as stylegan2-ada).
     pr_k: k of the k-NN manifolds for precision/recall.
@@ -79,7 +95,7 @@ class Evaluator:
                inception_path=None, cache_dir=DEFAULT_CACHE_DIR, kid_subsets=100,
                kid_subset_size=1000, pr_k=3, resize="legacy_tf", num_runs=1,
                is_splits=10, pr_max_samples=10000, batch_size=50, download_inception=False,
-               inception_sha256=None, seed=0):
+               inception_sha256=None, seed=0, mnist_path=None):
     if isinstance(metrics, str):
       metrics = (metrics,)
     unknown = [m for m in metrics if m not in _ALIASES]
@@ -89,6 +105,8 @@ class Evaluator:
       raise ValueError(f"Evaluator.resize must be 'legacy_tf' or 'clean', got '{resize}'.")
     if num_samples < 2 or num_runs < 1:
       raise ValueError("Evaluator needs num_samples >= 2 and num_runs >= 1.")
+    if feature_extractor == "mnist" and mnist_path is None:
+      raise ValueError(_MNIST_PATH_MISSING)
     self.metrics = tuple(dict.fromkeys(_ALIASES[m] for m in metrics))
     self.num_samples = int(num_samples)
     self.cache_dir = os.path.expanduser(cache_dir)
@@ -104,7 +122,8 @@ class Evaluator:
     self._extractor_spec = feature_extractor
     self._extractor_args = dict(inception_path=inception_path, cache_dir=self.cache_dir,
                                 resize=resize, download=download_inception,
-                                inception_sha256=inception_sha256, batch_size=batch_size)
+                                inception_sha256=inception_sha256, batch_size=batch_size,
+                                mnist_path=mnist_path)
     self._extractor = None
 
   @property

@@ -373,6 +373,18 @@ def parse_run_config(model_dir):
   return model_dir
 
 
+def build_run():
+  """The GAN of the current gin config (`parse_run_config` first) and the checkpoint
+  object to restore any of its run's checkpoints into: (gan, ckpt, step variable)."""
+  gan = GAN()
+  g = gan.G
+  gan.build(1, (g.resolution, g.resolution, g.channels))
+  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+  best_fid = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="best_fid")
+  ckpt = tf.train.Checkpoint(step=step, best_fid=best_fid, **gan.checkpoint_items())
+  return gan, ckpt, step
+
+
 def load_gan(model_dir, checkpoint_path=None):
   """Rebuilds the GAN of a run from its saved gin config and restores its checkpoint.
 
@@ -382,11 +394,6 @@ def load_gan(model_dir, checkpoint_path=None):
   path = checkpoint_path or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
   if not path:
     raise FileNotFoundError(f"No checkpoint in '{model_dir}/checkpoints'. Train first.")
-  gan = GAN()
-  g = gan.G
-  gan.build(1, (g.resolution, g.resolution, g.channels))
-  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  best_fid = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="best_fid")
-  checkpoints.restore(tf.train.Checkpoint(step=step, best_fid=best_fid,
-                                          **gan.checkpoint_items()), path)
+  gan, ckpt, step = build_run()
+  checkpoints.restore(ckpt, path)
   return gan, int(step.numpy())

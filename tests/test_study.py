@@ -1,0 +1,148 @@
+"""bin/study: grids from a gin spec, aggregation, skip/resume, and the smoke study end to end."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import numpy as np
+import pytest
+
+from tfgan_eff import study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "studies", "smoke.gin")
+
+
+def _row(method, seed, step, fid, **kw):
+  return {"grid": "g", "data": "k100", "method": method, "seed": seed,
+          "cell": f"g-{method}-k100-s{seed}", "step": step, "kimg": step * 0.032, "fid": fid,
+          "kid": fid / 1000, **kw}
+
+
+def test_aggregate_mean_std_and_best_step():
+  rows = []
+  # seed 0 is best at step 200 (FID 10), seed 1 at step 300 (FID 20), seed 2 at 100 (30).
+  for seed, curve in enumerate([[40, 10, 15], [50, 30, 20], [30, 35, 60]]):
+    for i, fid in enumerate(curve):
+      rows.append(_row("none", seed, 100 * (i + 1), fid, gap_train_heldout=0.1 * seed))
+  agg = study.aggregate(rows)[("g", "k100", "none")]
+  assert agg["seeds"] == [0, 1, 2]
+  assert agg["best_fid"]["mean"] == pytest.approx(20.0)
+  assert agg["best_fid"]["std"] == pytest.approx(10.0)  # sample std of 10, 20, 30
+  assert (agg["best_fid"]["min"], agg["best_fid"]["max"]) == (10.0, 30.0)
+  assert agg["best_kimg"]["mean"] == pytest.approx((200 + 300 + 100) / 3 * 0.032)
+  assert agg["final_fid"]["mean"] == pytest.approx((15 + 20 + 60) / 3)
+  assert agg["best_kid"]["mean"] == pytest.approx(0.020)
+  assert agg["final_gap_train_heldout"]["mean"] == pytest.approx(0.1)
+
+
+def test_aggregate_round_trips_through_csv(tmp_path):
+  rows = [_row("none", s, st, 50.0 - st / 10 + s) for s in range(2) for st in (100, 200)]
+  rows += [_row("aug", s, st, 20.0 + s) for s in range(2) for st in (100, 200)]
+  path = str(tmp_path / "study.csv")
+  study.write_csv(path, rows)
+  back = study.read_csv(path)
+  assert study.aggregate(back) == study.aggregate(rows)
+  agg = study.aggregate(back)
+  c = study.compare(agg[("g", "k100", "aug")], agg[("g", "k100", "none")])
+  assert c["better"] and c["separated"]
+  assert c["ratio"] == pytest.approx(20.5 / 30.5)
+  # Overlapping seed ranges are not "separated".
+  rows2 = rows + [_row("aug", 2, st, 40.0) for st in (100, 200)]
+  rows2 += [_row("none", 2, st, 25.0) for st in (100, 200)]
+  agg2 = study.aggregate(rows2)
+  assert not study.compare(agg2[("g", "k100", "aug")], agg2[("g", "k100", "none")])["separated"]
+
+
+def test_grid_cells_and_names():
+  gin.clear_config()
+  g = study.Grid(name="sg", gin_files=["gin/x.gin"], bindings=["A = 1"],
+                 methods={"none": [], "aug": ["GAN.augment = @DiffAugment()"]},
+                 data={"k100": ["NUM_IMAGES = 100"]}, seeds=[0, 5])
+  cells = g.cells(extra=["M = 'p'"])
+  assert [c.name for c in cells] == ["sg-none-k100-s0", "sg-none-k100-s5", "sg-aug-k100-s0",
+                                     "sg-aug-k100-s5"]
+  assert cells[3].bindings == ("M = 'p'", "A = 1", "NUM_IMAGES = 100",
+                               "GAN.augment = @DiffAugment()", "SEED = 5", "GAN.seed = %SEED")
+  with pytest.raises(ValueError, match="letters, digits"):
+    study.Grid(name="a b", gin_files=[], methods={"x": []})
+  with pytest.raises(ValueError, match="not one of its methods"):
+    study.Grid(name="a", gin_files=[], methods={"x": []}, baseline="y")
+
+
+def test_changed_spec_is_refused_before_any_work(tmp_path):
+  g = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []})
+  cell = g.cells()[0]
+  assert study.cell_status(str(tmp_path), cell) == "new"
+  d = study.cell_dir(str(tmp_path), cell)
+  os.makedirs(d)
+  with open(os.path.join(d, "cell.json"), "w") as f:
+    json.dump({"spec": cell.spec(), "status": "done"}, f)
+  assert study.cell_status(str(tmp_path), cell) == "done"
+  changed = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": ["A = 2"]}).cells()[0]
+  with pytest.raises(ValueError, match="other settings"):
+    study.cell_status(str(tmp_path), changed)
+
+
+def _study_cmd(out, *extra):
+  return [sys.executable, os.path.join(ROOT, "bin", "study"), f"--spec={SMOKE}",
+          f"--out={out}", *extra]
+
+
+def test_smoke_study_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
+  out = str(tmp_path / "smoke")
+  none_dir = os.path.join(out, "cells", "smoke-none-k64-s0")
+  # 1. Start the 'none' cell alone and kill the study (and its cell) after its first
+  #    checkpoint, as a preempted machine would.
+  proc = subprocess.Popen(_study_cmd(out, "--only=none", "--noevaluate"), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  deadline = time.time() + 300
+  while not os.path.exists(os.path.join(none_dir, "checkpoints", "ckpt-3.index")):
+    assert proc.poll() is None, "the study ended before its first checkpoint"
+    assert time.time() < deadline
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  with open(os.path.join(none_dir, "cell.json")) as f:
+    assert json.load(f)["status"] == "training"
+
+  # 2. The whole study: the killed cell resumes at step 3, the other one trains anew.
+  r = subprocess.run(_study_cmd(out, "--jobs=2"), cwd=ROOT, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "2 to train" in r.stderr
+  with open(os.path.join(none_dir, "train.log")) as f:
+    log = f.read()
+  assert "Resumed from" in log and "at step 3" in log
+  for cell in ("smoke-none-k64-s0", "smoke-diffaug-k64-s0"):
+    with open(os.path.join(out, "cells", cell, "cell.json")) as f:
+      assert json.load(f)["status"] == "done"
+  with open(os.path.join(out, "study.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert sorted((r["method"], int(r["step"])) for r in rows) == [
+      ("diffaug", 3), ("diffaug", 6), ("none", 3), ("none", 6)]
+  for r in rows:
+    assert np.isfinite(float(r["fid"])) and float(r["fid"]) > 0
+    assert 0.0 <= float(r["memorisation_rate"]) <= 1.0
+    assert r["gap_train_heldout"] != "" and r["gap_real_fake"] != ""
+    assert float(r["kimg"]) == pytest.approx(int(r["step"]) * 2 * 8 / 1000)  # 2 D steps
+  md = open(os.path.join(out, "study.md")).read()
+  assert "| none | 1 | 6 |" in md and "| diffaug | 1 | 6 |" in md
+  for name in ("fid_curves.png", "grids.png"):
+    assert os.path.getsize(os.path.join(out, name)) > 1000
+
+  # 3. Again: nothing is trained or evaluated twice.
+  mtimes = {p: os.path.getmtime(p) for p in
+            [os.path.join(out, "cells", c, f) for c in ("smoke-none-k64-s0",
+                                                         "smoke-diffaug-k64-s0")
+             for f in ("train.log", "study_eval.jsonl")]}
+  r = subprocess.run(_study_cmd(out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "2 done, 0 to train" in r.stderr
+  assert {p: os.path.getmtime(p) for p in mtimes} == mtimes

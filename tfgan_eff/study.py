@@ -1,0 +1,868 @@
+"""Studies: a grid of training runs (methods x data sizes x seeds), evaluated alike, tabulated.
+
+A study spec is a gin file (`studies/*.gin`; gin is the one config system):
+
+    Study.grids = [@stylegan2/Grid()]
+    Study.evaluation = @StudyEval()
+    stylegan2/Grid.gin_files = ['gin/mnist_stylegan2.gin']
+    stylegan2/Grid.bindings = ["Trainer.train_steps = 10000", ...]    # every cell
+    stylegan2/Grid.methods = {'none': [], 'diffaug': ["GAN.augment = @DiffAugment()", ...]}
+    stylegan2/Grid.data = {'k100': ['NUM_IMAGES = 100'], 'k1000': ['NUM_IMAGES = 1000']}
+    stylegan2/Grid.seeds = [0, 1, 2]                  # bound as the macro SEED
+    StudyEval.reference = @reference/ImageData()      # the true distribution
+    StudyEval.feature_extractor = 'mnist'
+
+Every cell is an ordinary `bin/train` run (subprocess) in `<out>/cells/<grid>-<method>-<data>
+-s<seed>`, with the grid's gin files and bindings, then the data's, the method's and the
+seed's (`Grid.seed_bindings`, default `GAN.seed = %SEED`). A cell is done when its
+`cell.json` says so; a re-run skips done cells and resumes the others from their last
+checkpoint (the trainer's own exact resume). Cells keep every checkpoint; the evaluation
+scores each (or every `StudyEval.every`-th) one with one protocol: the same reference set,
+the same samples (latents fixed by `StudyEval.seed`), the same extractor. Results per cell
+are cached in `study_eval.jsonl` under a protocol key, so a re-run evaluates only what is new.
+
+Outputs in `<out>`: `study.csv` (every cell, every evaluated step), `study.md` (per grid, data
+and method: mean ± std over seeds of best and final FID/KID, best-FID step, D's logit gaps,
+memorisation, leaks; ratios to the baseline and whether the seed ranges separate),
+`fid_curves.png` and `grids.png` (with matplotlib, `pip install -e '.[study]'`).
+"""
+
+import csv
+import dataclasses
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+
+import gin
+import numpy as np
+from absl import logging
+
+from tfgan_eff.config import PROJECT_ROOT, configurable
+
+CELL_FILE = "cell.json"
+EVAL_FILE = "study_eval.jsonl"
+GRID_FILE = "study_grid.png"
+
+
+def _fmt_duration(seconds):
+  if seconds is None or not np.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def atomic_write(path, text):
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+# -- the spec --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One training run of a study."""
+  grid: str
+  method: str
+  data: str
+  seed: int
+  gin_files: tuple
+  bindings: tuple
+
+  @property
+  def name(self):
+    return f"{self.grid}-{self.method}-{self.data}-s{self.seed}"
+
+  def spec(self):
+    return {"grid": self.grid, "method": self.method, "data": self.data, "seed": self.seed,
+            "gin_files": list(self.gin_files), "bindings": list(self.bindings)}
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.+]+$")
+
+
+@configurable
+class Grid:
+  """Methods x data sizes x seeds on one backbone.
+
+  Args:
+    name: the grid's name (cell names start with it).
+    gin_files: the gin files of every cell.
+    methods: {method name: [gin bindings]}; only the switch under test should differ.
+    data: {data name: [gin bindings]}, e.g. {'k100': ['NUM_IMAGES = 100']}.
+    seeds: training seeds, bound as the macro SEED.
+    bindings: gin bindings of every cell (after gin_files, before data and method).
+    seed_bindings: what a seed changes (default: `GAN.seed = %SEED`, i.e. initial weights,
+      latents and augmentation; the data subset stays fixed).
+    baseline: the method the others are compared with in study.md (default: the first).
+    comparisons: extra [method, reference method] pairs for study.md (e.g. InsGen on top of
+      DiffAugment against DiffAugment alone).
+  """
+
+  def __init__(self, name=gin.REQUIRED, gin_files=gin.REQUIRED, methods=gin.REQUIRED,
+               data=None, seeds=(0,), bindings=(), seed_bindings=("GAN.seed = %SEED",),
+               baseline=None, comparisons=()):
+    for kind, names in (("grid", [name]), ("method", list(methods)),
+                        ("data", list(data or {}))):
+      bad = [n for n in names if not _NAME.match(str(n))]
+      if bad:
+        raise ValueError(f"Study {kind} name(s) {bad} may use only letters, digits and "
+                         f"'_.+' (they name folders); rename them in the spec.")
+    if not methods:
+      raise ValueError(f"Grid '{name}' has no methods; set {name}/Grid.methods.")
+    self.name = name
+    self.gin_files = tuple(gin_files)
+    self.methods = {k: tuple(v) for k, v in methods.items()}
+    self.data = {k: tuple(v) for k, v in (data or {"all": ()}).items()}
+    self.seeds = tuple(int(s) for s in seeds)
+    if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+      raise ValueError(f"Grid '{name}': seeds must be distinct and non-empty, got {seeds}.")
+    self.bindings = tuple(bindings)
+    self.seed_bindings = tuple(seed_bindings)
+    self.baseline = baseline or next(iter(self.methods))
+    self.comparisons = [tuple(c) for c in comparisons]
+    for m in [self.baseline, *[x for c in self.comparisons for x in c]]:
+      if m not in self.methods:
+        raise ValueError(f"Grid '{name}': '{m}' (baseline/comparisons) is not one of its "
+                         f"methods {list(self.methods)}.")
+
+  def cells(self, extra=()):
+    out = []
+    for data, data_b in self.data.items():
+      for method, method_b in self.methods.items():
+        for seed in self.seeds:
+          out.append(Cell(self.name, method, data, seed, self.gin_files,
+                          tuple(extra) + self.bindings + data_b + method_b + (f"SEED = {seed}",) +
+                          self.seed_bindings))
+    return out
+
+
+@configurable
+class StudyEval:
+  """How every checkpoint of every cell is scored (one protocol for the whole study).
+
+  Args:
+    reference: an `ImageData` of the true distribution (e.g. all 10,000 MNIST digits);
+      FID/KID are against it. None: against each cell's own training images only.
+    feature_extractor: "mnist", "digits" or "inception" (see tfgan_eff.eval.Evaluator).
+      When Inception is requested but unavailable offline, FID/KID are left out with a
+      warning and everything else is still measured.
+    mnist_path, inception_path, download_inception: passed to the Evaluator.
+    metrics: of "fid", "kid" (against the reference).
+    num_samples: generated images per evaluation (fixed latents, `seed`).
+    every: evaluate every n-th checkpoint (1: all); the last one always.
+    num_heldout: reference images outside the training set scored by D for the
+      train/held-out logit gap.
+    memorisation_samples: samples checked for nearest training images in pixels.
+    grid_samples: samples in each cell's grid image (`study_grid.png`, last checkpoint).
+    seed: latents of the samples and KID subsets.
+    batch_size: generator and D batch.
+  """
+
+  def __init__(self, reference=None, feature_extractor="inception", mnist_path=None,
+               inception_path=None, download_inception=False, metrics=("fid", "kid"),
+               num_samples=5000, every=1, num_heldout=2000, memorisation_samples=2000,
+               grid_samples=36, seed=2026, batch_size=250, kid_subset_size=1000):
+    from tfgan_eff.eval.evaluator import Evaluator  # pylint: disable=import-outside-toplevel
+    self.reference = reference
+    self.num_samples, self.every = int(num_samples), max(1, int(every))
+    self.num_heldout, self.memorisation_samples = int(num_heldout), int(memorisation_samples)
+    self.grid_samples, self.seed, self.batch_size = int(grid_samples), int(seed), batch_size
+    self.metrics = tuple(metrics)
+    kwargs = dict(num_samples=self.num_samples, feature_extractor=feature_extractor,
+                  inception_path=inception_path, download_inception=download_inception,
+                  kid_subset_size=min(kid_subset_size, self.num_samples), seed=self.seed,
+                  batch_size=batch_size, num_runs=1)
+    if mnist_path is not None:
+      kwargs["mnist_path"] = mnist_path
+    # Built here, before any run's config replaces gin's bindings.
+    self.evaluator = Evaluator(metrics=self.metrics, **kwargs)
+    self.train_evaluator = Evaluator(metrics=("fid",), **kwargs)
+    self.feature_extractor = feature_extractor
+    self._reference_hashes = None
+    self.protocol = None
+
+  def extractor_tag(self):
+    """Builds the one feature extractor both evaluators share; -> its cache tag, or
+    "unavailable" when it is Inception and the graph cannot be had offline."""
+    from tfgan_eff.eval.inception import InceptionNotFoundError  # pylint: disable=import-outside-toplevel
+    try:
+      ex = self.evaluator.extractor
+    except InceptionNotFoundError as e:
+      logging.warning("No FID/KID in this study: %s", str(e).splitlines()[0])
+      return "unavailable"
+    self.train_evaluator._extractor = ex  # pylint: disable=protected-access
+    return getattr(ex, "cache_tag", ex.name)
+
+  def protocol_key(self, extractor_tag):
+    desc = json.dumps({"ref": getattr(self.reference, "name", None), "ex": extractor_tag,
+                       "n": self.num_samples, "metrics": self.metrics, "seed": self.seed,
+                       "heldout": self.num_heldout, "mem": self.memorisation_samples,
+                       "version": 1}, sort_keys=True)
+    return hashlib.sha1(desc.encode()).hexdigest()[:12]
+
+
+@configurable
+class Study:
+  """The grids of a study and how they are evaluated.
+
+  Args:
+    grids: the `Grid`s (gin: `Study.grids = [@stylegan2/Grid(), ...]`).
+    evaluation: a `StudyEval`.
+    macros: names of the spec's gin macros passed on to every cell (first in its
+      bindings), so that one value (e.g. a data path, overridden with --gin_param) serves
+      the cells and the evaluation alike.
+  """
+
+  def __init__(self, grids=gin.REQUIRED, evaluation=None, macros=()):
+    self.grids = list(grids)
+    names = [g.name for g in self.grids]
+    if len(set(names)) != len(names):
+      raise ValueError(f"Study grids need distinct names, got {names}.")
+    self.evaluation = evaluation
+    extra = []
+    for m in macros:
+      try:
+        extra.append(f"{m} = {gin.query_parameter('%' + m)!r}")
+      except ValueError:
+        raise ValueError(f"Study.macros names '{m}', which the spec does not set; add "
+                         f"`{m} = ...` to it.") from None
+    self.cells = [c for g in self.grids for c in g.cells(extra)]
+
+
+def load_spec(path, params=()):
+  """Parses a study spec (gin) and returns its `Study`."""
+  import tfgan_eff.configurables  # noqa: F401  pylint: disable=import-outside-toplevel
+  from tfgan_eff import config  # pylint: disable=import-outside-toplevel
+  gin.clear_config()
+  config.parse([path], list(params))
+  return Study()
+
+
+# -- training --------------------------------------------------------------------------------
+
+def cell_dir(out, cell):
+  return os.path.join(out, "cells", cell.name)
+
+
+def cell_status(out, cell):
+  """'done', 'partial' (started, resumable), or 'new'; raises if the folder holds another
+  configuration."""
+  d = cell_dir(out, cell)
+  path = os.path.join(d, CELL_FILE)
+  if not os.path.exists(path):
+    if os.path.isdir(d) and os.listdir(d):
+      raise ValueError(f"'{d}' exists but has no {CELL_FILE}: it was not made by bin/study. "
+                       f"Move it away or use another --out.")
+    return "new"
+  with open(path) as f:
+    info = json.load(f)
+  if info.get("spec") != cell.spec():
+    raise ValueError(
+        f"Cell '{cell.name}' in '{d}' was trained with other settings than the spec now "
+        f"gives:\n  then: {info.get('spec')}\n  now:  {cell.spec()}\nUse another --out, or "
+        f"delete that cell's folder to retrain it.")
+  return "done" if info.get("status") == "done" else "partial"
+
+
+def train_command(out, cell):
+  cmd = [sys.executable, os.path.join(PROJECT_ROOT, "bin", "train"),
+         f"--model_dir={cell_dir(out, cell)}"]
+  cmd += [f"--gin_file={f}" for f in cell.gin_files]
+  # Every checkpoint is kept: the evaluation scores them all.
+  cmd += [f"--gin_param={b}" for b in cell.bindings + ("Trainer.keep_checkpoints = None",)]
+  return cmd
+
+
+_CHILDREN = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def train_cell(out, cell, threads=None):
+  """Trains (or resumes) one cell in a subprocess; returns the seconds it took."""
+  d = cell_dir(out, cell)
+  os.makedirs(d, exist_ok=True)
+  info_path = os.path.join(d, CELL_FILE)
+  previous = {}
+  if os.path.exists(info_path):
+    with open(info_path) as f:
+      previous = json.load(f)
+  cmd = train_command(out, cell)
+  atomic_write(info_path, json.dumps(
+      {"spec": cell.spec(), "status": "training", "command": cmd,
+       "seconds": previous.get("seconds", 0.0)}, indent=2))
+  env = dict(os.environ)
+  if threads:
+    env["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    env["TF_NUM_INTEROP_THREADS"] = "1"
+  t0 = time.time()
+  with open(os.path.join(d, "train.log"), "a") as log:
+    log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=os.getcwd())
+    with _CHILDREN_LOCK:
+      _CHILDREN.add(proc)
+    try:
+      rc = proc.wait()
+    finally:
+      with _CHILDREN_LOCK:
+        _CHILDREN.discard(proc)
+  seconds = time.time() - t0
+  if rc != 0:
+    raise RuntimeError(f"Cell '{cell.name}' failed (exit code {rc}); see "
+                       f"{os.path.join(d, 'train.log')}. Re-running the study resumes it.")
+  atomic_write(info_path, json.dumps(
+      {"spec": cell.spec(), "status": "done", "command": cmd,
+       "seconds": previous.get("seconds", 0.0) + seconds}, indent=2))
+  return seconds
+
+
+def stop_children():
+  with _CHILDREN_LOCK:
+    for p in _CHILDREN:
+      p.terminate()
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+def _checkpoint_steps(model_dir):
+  found = {}
+  for index in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")):
+    m = re.search(r"ckpt-(\d+)\.index$", index)
+    if m:
+      found[int(m.group(1))] = index[:-len(".index")]
+  return dict(sorted(found.items()))
+
+
+def _read_jsonl(path):
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        line = line.strip()
+        if line:
+          rows.append(json.loads(line))
+  return rows
+
+
+def _image_keys(images):
+  return [hashlib.sha1(x.tobytes()).digest() for x in images]
+
+
+def _d_logits(gan, images, labels, batch):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  out = []
+  for i in range(0, len(images), batch):
+    x = tf.cast(images[i:i + batch], tf.float32) / 127.5 - 1.0
+    y = (tf.constant(labels[i:i + batch], tf.int32)
+         if gan.num_classes and labels is not None else None)
+    out.append(gan.D(x, y, training=False)["logits"].numpy().reshape(-1))
+  return np.concatenate(out) if out else np.zeros([0], np.float32)
+
+
+class _CellEvaluation:
+  """Scores the checkpoints of one cell (its gin config is made current)."""
+
+  def __init__(self, ev, model_dir):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tfgan_eff.data import ImageData  # pylint: disable=import-outside-toplevel
+    from tfgan_eff.eval.memorisation import augmentation_leak  # pylint: disable=import-outside-toplevel
+    from tfgan_eff.training import trainer  # pylint: disable=import-outside-toplevel
+    self.ev, self.model_dir = ev, model_dir
+    trainer.parse_run_config(model_dir)
+    self.batch = int(_query("Trainer.batch_size", 64))
+    self.data = ImageData()
+    self.gan, self.ckpt, self.step_var = trainer.build_run()
+    self.kimg_per_step = self.gan.disc_iters * self.batch / 1000.0
+    self.train_images = self.data.images
+    self.train_labels = self.data.true_labels
+    train_keys = set(_image_keys(self.train_images))
+    ref = ev.reference
+    self.heldout = self.heldout_labels = None
+    if ref is not None:
+      keys = _image_keys(ref.images)
+      idx = np.array([i for i, k in enumerate(keys) if k not in train_keys], np.int64)
+      rng = np.random.default_rng(ev.seed)
+      idx = np.sort(rng.permutation(idx)[:ev.num_heldout]) if len(idx) else idx
+      self.heldout, self.heldout_labels = ref.images[idx], ref.true_labels[idx]
+    self.real_leak = augmentation_leak((ref if ref is not None else self.data).images)
+    # What real images score: unseen reals against the training set (thin 1s sit closer
+    # together than the median pair, so this is not 0 on digits).
+    self.real_memorisation = None
+    if self.heldout is not None and len(self.heldout):
+      from tfgan_eff.eval.memorisation import memorisation_rate  # pylint: disable=import-outside-toplevel
+      self.real_memorisation = memorisation_rate(
+          self.heldout[:ev.memorisation_samples], self.train_images)["memorisation_rate"]
+    self._tf = tf
+
+  def samples(self, n, seed):
+    from tfgan_eff.training.trainer import generate_uint8  # pylint: disable=import-outside-toplevel
+    return generate_uint8(self.gan, n, self.ev.batch_size, seed)
+
+  def score(self, step, path):
+    from tfgan_eff.eval.memorisation import augmentation_leak, memorisation_rate  # pylint: disable=import-outside-toplevel
+    from tfgan_eff.training import checkpoints  # pylint: disable=import-outside-toplevel
+    ev, gan, tf = self.ev, self.gan, self._tf
+    checkpoints.restore(self.ckpt, path)
+    samples = self.samples(ev.num_samples, ev.seed)
+    row = {"step": step, "kimg": step * self.kimg_per_step}
+    served = [0]
+
+    def generate_fn(n):
+      out = samples[served[0]:served[0] + n]
+      served[0] += len(out)
+      return out
+
+    metrics = {}
+    if ev.reference is not None and ev.metrics:
+      metrics = _try_metrics(lambda: ev.evaluator.evaluate(
+          generate_fn, ev.reference.eval_batches, ev.reference.name))
+      served[0] = 0
+    for k in ("fid", "kid_mean"):
+      if k in metrics:
+        row[k.replace("_mean", "")] = metrics[k]
+    train_metrics = _try_metrics(lambda: ev.train_evaluator.evaluate(
+        generate_fn, self.data.eval_batches, self.data.name))
+    if "fid" in train_metrics:
+      row["fid_train"] = train_metrics["fid"]
+    row.update(memorisation_rate(samples[:ev.memorisation_samples], self.train_images))
+    row.update(augmentation_leak(samples))
+    row.update({f"real_{k}": v for k, v in self.real_leak.items()})
+    if self.real_memorisation is not None:
+      row["real_memorisation_rate"] = self.real_memorisation
+    # D (not augmented, inference mode) on its training reals, unseen reals and G's fakes.
+    d_train = _d_logits(gan, self.train_images, self.train_labels, ev.batch_size)
+    z = tf.random.stateless_normal([min(ev.num_samples, 2000), gan.G.z_dim],
+                                   seed=[ev.seed, 1])
+    y = (tf.random.stateless_uniform([z.shape[0]], seed=[ev.seed, 2], maxval=gan.num_classes,
+                                     dtype=tf.int32) if gan.num_classes else None)
+    fakes = []
+    for i in range(0, z.shape[0], ev.batch_size):
+      yb = y[i:i + ev.batch_size] if y is not None else None
+      x = gan.G(z[i:i + ev.batch_size], yb, training=False)
+      fakes.append(gan.D(x, yb, training=False)["logits"].numpy().reshape(-1))
+    d_fake = np.concatenate(fakes)
+    row.update(d_real_train=float(d_train.mean()), d_fake=float(d_fake.mean()),
+               gap_real_fake=float(d_train.mean() - d_fake.mean()))
+    if self.heldout is not None and len(self.heldout):
+      d_held = _d_logits(gan, self.heldout, self.heldout_labels, ev.batch_size)
+      row.update(d_real_heldout=float(d_held.mean()),
+                 gap_train_heldout=float(d_train.mean() - d_held.mean()))
+    return row
+
+  def write_grid(self):
+    from tfgan_eff.training.trainer import image_grid, write_png  # pylint: disable=import-outside-toplevel
+    samples = self.samples(self.ev.grid_samples, self.ev.seed + 7)
+    write_png(os.path.join(self.model_dir, GRID_FILE), image_grid(samples))
+
+
+def _query(name, default):
+  try:
+    return gin.query_parameter(name)
+  except ValueError:
+    return default
+
+
+_WARNED = set()
+
+
+def _try_metrics(fn):
+  """FID/KID, or {} when the Inception graph is unavailable (offline), warned once."""
+  from tfgan_eff.eval.inception import InceptionNotFoundError  # pylint: disable=import-outside-toplevel
+  try:
+    return fn()
+  except InceptionNotFoundError as e:
+    if "inception" not in _WARNED:
+      _WARNED.add("inception")
+      logging.warning("No FID/KID in this study: %s", str(e).splitlines()[0])
+    return {}
+
+
+def evaluate_cell(ev, out, cell):
+  """Scores the cell's checkpoints not yet scored under this protocol; -> its rows."""
+  model_dir = cell_dir(out, cell)
+  steps = _checkpoint_steps(model_dir)
+  if not steps:
+    return []
+  path = os.path.join(model_dir, EVAL_FILE)
+  done = _read_jsonl(path)
+  last = max(steps)
+  wanted = [s for i, s in enumerate(steps) if i % ev.every == ev.every - 1 or s == last]
+  cell_ev = None
+  protocol = ev.protocol
+  if protocol is not None:
+    have = {r["step"] for r in done if r.get("protocol") == protocol}
+    todo = [s for s in wanted if s not in have]
+    if not todo and os.path.exists(os.path.join(model_dir, GRID_FILE)):
+      return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+  cell_ev = _CellEvaluation(ev, model_dir)
+  if protocol is None:  # the extractor's weights hash is part of the key
+    protocol = ev.protocol = ev.protocol_key(ev.extractor_tag())
+  have = {r["step"] for r in done if r.get("protocol") == protocol}
+  t0 = time.time()
+  for step in wanted:
+    if step in have:
+      continue
+    row = {"cell": cell.name, "protocol": protocol, **cell_ev.score(step, steps[step])}
+    with open(path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    done.append(row)
+  cell_ev.write_grid()
+  logging.info("Evaluated %s (%d checkpoints) in %s.", cell.name, len(wanted),
+               _fmt_duration(time.time() - t0))
+  return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+
+
+# -- aggregation -----------------------------------------------------------------------------
+
+CSV_FIELDS = ["grid", "method", "data", "seed", "cell", "step", "kimg", "fid", "kid",
+              "fid_train", "memorisation_rate", "real_memorisation_rate", "nn_distance_median",
+              "train_nn_median",
+              "leak_square", "leak_border", "leak_any", "real_leak_any", "d_real_train",
+              "d_real_heldout", "d_fake", "gap_train_heldout", "gap_real_fake"]
+
+
+def write_csv(path, rows):
+  with open(path + ".tmp", "w", newline="") as f:
+    w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+  os.replace(path + ".tmp", path)
+
+
+def read_csv(path):
+  rows = []
+  with open(path, newline="") as f:
+    for r in csv.DictReader(f):
+      row = {}
+      for k, v in r.items():
+        if v == "":
+          continue
+        try:
+          row[k] = int(v) if k in ("seed", "step") else (
+              v if k in ("grid", "method", "data", "cell") else float(v))
+        except ValueError:
+          row[k] = v
+      rows.append(row)
+  return rows
+
+
+def _stats(values):
+  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+  if not len(v):
+    return None
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+          "min": float(v.min()), "max": float(v.max()), "n": int(len(v))}
+
+
+def per_cell_summary(rows):
+  """One cell's rows (any order) -> best/final numbers."""
+  rows = sorted(rows, key=lambda r: r["step"])
+  final = rows[-1]
+  out = {"final_step": final["step"], "final_kimg": final.get("kimg")}
+  with_fid = [r for r in rows if r.get("fid") is not None]
+  if with_fid:
+    best = min(with_fid, key=lambda r: r["fid"])
+    out.update(best_fid=best["fid"], best_step=best["step"], best_kimg=best.get("kimg"),
+               final_fid=final.get("fid"), best_memorisation=best.get("memorisation_rate"))
+  with_kid = [r for r in rows if r.get("kid") is not None]
+  if with_kid:
+    out.update(best_kid=min(r["kid"] for r in with_kid), final_kid=final.get("kid"))
+  for k in ("fid_train", "memorisation_rate", "real_memorisation_rate", "leak_any",
+            "real_leak_any",
+            "gap_train_heldout", "gap_real_fake"):
+    if final.get(k) is not None:
+      out[f"final_{k}"] = final[k]
+  out["max_leak_any"] = max(r.get("leak_any", 0.0) for r in rows)
+  return out
+
+
+SUMMARY_KEYS = ["best_fid", "best_kid", "best_kimg", "final_fid", "final_kid",
+                "final_fid_train", "final_memorisation_rate", "final_real_memorisation_rate",
+                "best_memorisation",
+                "final_leak_any", "max_leak_any", "final_real_leak_any",
+                "final_gap_train_heldout", "final_gap_real_fake"]
+
+
+def aggregate(rows):
+  """rows (study.csv) -> {(grid, data, method): {key: stats over seeds, "seeds": [...]}}."""
+  by_cell = {}
+  for r in rows:
+    by_cell.setdefault((r["grid"], r["data"], r["method"], r["seed"]), []).append(r)
+  groups = {}
+  for (grid, data, method, seed), cell_rows in sorted(by_cell.items()):
+    groups.setdefault((grid, data, method), []).append((seed, per_cell_summary(cell_rows)))
+  out = {}
+  for key, items in groups.items():
+    agg = {"seeds": [s for s, _ in items],
+           "final_step": min(c["final_step"] for _, c in items)}
+    for k in SUMMARY_KEYS:
+      agg[k] = _stats([c.get(k) for _, c in items])
+    agg["per_seed_best_fid"] = [c.get("best_fid") for _, c in items]
+    out[key] = agg
+  return out
+
+
+def compare(a, b, key="best_fid"):
+  """Method a against reference b: ratio of means and whether the seed ranges separate."""
+  sa, sb = a.get(key), b.get(key)
+  if not sa or not sb:
+    return None
+  separated = sa["max"] < sb["min"] or sa["min"] > sb["max"]
+  return {"ratio": sa["mean"] / sb["mean"], "diff": sa["mean"] - sb["mean"],
+          "separated": bool(separated and sa["n"] > 1 and sb["n"] > 1),
+          "better": sa["mean"] < sb["mean"]}
+
+
+def _pm(s, scale=1.0, digits=1):
+  if not s:
+    return "–"
+  if s["n"] == 1:
+    return f"{s['mean'] * scale:.{digits}f}"
+  return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
+
+
+def markdown(agg, grids, title="Study"):
+  """study.md: per grid, a table per data size; comparisons to the baseline."""
+  lines = [f"# {title}", "",
+           "Mean ± sample std (n−1) over training seeds. *best*: the lowest FID/KID over the "
+           "evaluated checkpoints; *final*: at the last one. FID/KID against the reference "
+           "set (the true distribution); *FID train*: against the training images. *memo*: "
+           "share of samples nearer a training image (pixels) than half the median "
+           "train-train nearest-neighbour distance (unseen real images: in brackets). *leak*: share of samples with a "
+           "constant fill-valued square or border (real images: in brackets). *gap t−h*: D's "
+           "mean logit on its training reals minus on unseen reals; *gap r−f*: training reals "
+           "minus fakes (final checkpoint, no augmentation). *vs base*: ratio of mean best "
+           "FID to the baseline; *sep.*: the seed ranges (min–max) do not overlap.", ""]
+  for g in grids:
+    keys = [k for k in agg if k[0] == g.name]
+    if not keys:
+      continue
+    lines += [f"## {g.name}", ""]
+    for data in g.data:
+      methods = [m for m in g.methods if (g.name, data, m) in agg]
+      if not methods:
+        continue
+      base = agg.get((g.name, data, g.baseline))
+      lines += [f"### {data}", "",
+                "| method | seeds | step | best FID | vs base | sep. | best KID×10³ | best at kimg "
+                "| final FID | final KID×10³ | FID train | memo | leak [real] | gap t−h "
+                "| gap r−f |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+      for m in methods:
+        a = agg[(g.name, data, m)]
+        c = compare(a, base) if base and m != g.baseline else None
+        ratio = f"{c['ratio']:.2f}×" if c else "–"
+        memo = _pm(a["final_memorisation_rate"], 1, 3)
+        if a["final_real_memorisation_rate"]:
+          memo += f" [{_pm(a['final_real_memorisation_rate'], 1, 3)}]"
+        separated = ("yes" if c["separated"] else "no") if c else "–"
+        leak = (f"{_pm(a['final_leak_any'], 100, 1)}% [{_pm(a['final_real_leak_any'], 100, 1)}%]"
+                if a["final_leak_any"] else "–")
+        lines.append(
+            f"| {m} | {len(a['seeds'])} | {a['final_step']} | {_pm(a['best_fid'])} | "
+            f"{ratio} | {separated} | "
+            f"{_pm(a['best_kid'], 1e3, 2)} | {_pm(a['best_kimg'], 1, 0)} | "
+            f"{_pm(a['final_fid'])} | {_pm(a['final_kid'], 1e3, 2)} | "
+            f"{_pm(a['final_fid_train'])} | {memo} | "
+            f"{leak} | {_pm(a['final_gap_train_heldout'], 1, 2)} | "
+            f"{_pm(a['final_gap_real_fake'], 1, 2)} |")
+      pairs = list(g.comparisons)
+      extra = []
+      for m, ref in pairs:
+        a, b = agg.get((g.name, data, m)), agg.get((g.name, data, ref))
+        c = compare(a, b) if a and b else None
+        if c:
+          extra.append(f"- {m} vs {ref}: best FID {_pm(a['best_fid'])} vs {_pm(b['best_fid'])}"
+                       f" ({c['ratio']:.2f}×, {c['diff']:+.1f}); seed ranges "
+                       f"{'separate' if c['separated'] else 'overlap'}.")
+      if extra:
+        lines += ["", *extra]
+      lines.append("")
+  return "\n".join(lines) + "\n"
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+def _pyplot():
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    return plt
+  except ImportError:
+    logging.warning("matplotlib is not installed: no fid_curves.png / grids.png. Install it "
+                    "with pip install -e '.[study]'.")
+    return None
+
+
+def plot_curves(rows, grids, path, key="fid"):
+  """FID against kimg, one panel per grid and data size: mean line, min–max band."""
+  plt = _pyplot()
+  panels = [(g, d) for g in grids for d in g.data
+            if any(r["grid"] == g.name and r["data"] == d and r.get(key) is not None
+                   for r in rows)]
+  if plt is None or not panels:
+    return False
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+  for ax, (g, d) in zip(axes[0], panels):
+    for m in g.methods:
+      by_step = {}
+      for r in rows:
+        if (r["grid"], r["data"], r["method"]) == (g.name, d, m) and r.get(key) is not None:
+          by_step.setdefault(r["kimg"], {})[r["seed"]] = r[key]
+      if not by_step:
+        continue
+      n_seeds = max(len(v) for v in by_step.values())
+      ks = sorted(k for k, v in by_step.items() if len(v) == n_seeds)
+      vals = [list(by_step[k].values()) for k in ks]
+      mean = [np.mean(v) for v in vals]
+      line, = ax.plot(ks, mean, label=f"{m} ({n_seeds})")
+      ax.fill_between(ks, [min(v) for v in vals], [max(v) for v in vals],
+                      color=line.get_color(), alpha=0.2)
+    ax.set_title(f"{g.name} · {d}")
+    ax.set_xlabel("kimg (reals shown to D)")
+    ax.set_ylabel(key.upper())
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path + ".tmp.png", dpi=110)
+  plt.close(fig)
+  os.replace(path + ".tmp.png", path)
+  return True
+
+
+def plot_grids(out, study, path):
+  """One sample grid per method (first seed, last checkpoint, same latents), side by side."""
+  plt = _pyplot()
+  rows = []
+  for g in study.grids:
+    for d in g.data:
+      found = []
+      for m in g.methods:
+        p = os.path.join(out, "cells", f"{g.name}-{m}-{d}-s{g.seeds[0]}", GRID_FILE)
+        if os.path.exists(p):
+          found.append((m, p))
+      if found:
+        rows.append((f"{g.name} · {d}", found))
+  if plt is None or not rows:
+    return False
+  cols = max(len(f) for _, f in rows)
+  fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.9 * len(rows)),
+                           squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for i, (label, found) in enumerate(rows):
+    for j, (m, p) in enumerate(found):
+      img = plt.imread(p)
+      axes[i][j].imshow(img.squeeze(), cmap="gray" if img.ndim == 2 or img.shape[-1] == 1
+                        else None, vmin=0, vmax=1)
+      axes[i][j].set_title(f"{label}\n{m}" if j == 0 else m, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path + ".tmp.png", dpi=110)
+  plt.close(fig)
+  os.replace(path + ".tmp.png", path)
+  return True
+
+
+def report(out, study, rows, title):
+  """Writes study.csv, study.md and the plots from the evaluated rows."""
+  cell_meta = {c.name: c for c in study.cells}
+  full = []
+  for r in rows:
+    c = cell_meta.get(r["cell"])
+    if c is not None:
+      full.append({"grid": c.grid, "method": c.method, "data": c.data, "seed": c.seed, **r})
+  full.sort(key=lambda r: (r["grid"], r["data"], r["method"], r["seed"], r["step"]))
+  write_csv(os.path.join(out, "study.csv"), full)
+  agg = aggregate(full)
+  atomic_write(os.path.join(out, "study.md"), markdown(agg, study.grids, title))
+  plot_curves(full, study.grids, os.path.join(out, "fid_curves.png"))
+  plot_grids(out, study, os.path.join(out, "grids.png"))
+  return agg
+
+
+# -- the runner ------------------------------------------------------------------------------
+
+def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=True,
+        only=None):
+  """Trains the study's unfinished cells (`jobs` at a time), evaluates, reports.
+
+  Finished cells are skipped; started ones resume from their checkpoints. While cells
+  train, the finished ones are evaluated in this process. Returns the aggregate.
+  """
+  study = load_spec(spec_path, params)
+  cells = [c for c in study.cells if not only or re.search(only, c.name)]
+  if not cells:
+    raise ValueError(f"No cell of '{spec_path}' matches --only='{only}'.")
+  os.makedirs(out, exist_ok=True)
+  status = {c.name: cell_status(out, c) for c in cells}  # before any work: spec mismatches
+  title = os.path.splitext(os.path.basename(spec_path))[0]
+  with open(spec_path) as f:
+    atomic_write(os.path.join(out, "spec.gin"), f.read())
+  todo = [c for c in cells if status[c.name] != "done"] if train else []
+  logging.info("Study %s: %d cells, %d done, %d to train (%d at a time) in %s.", title,
+               len(cells), len(cells) - len(todo), len(todo), jobs, out)
+  ev = study.evaluation
+  rows, failures, durations = [], [], []
+  evaluated = set()
+
+  def evaluate_done():
+    for c in cells:
+      if c.name not in evaluated and cell_status(out, c) == "done":
+        rows.extend(evaluate_cell(ev, out, c))
+        evaluated.add(c.name)
+
+  if threads is None and jobs > 1:
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+  t_start = time.time()
+  pool = futures.ThreadPoolExecutor(max_workers=max(1, jobs))
+  try:
+    pending = {pool.submit(train_cell, out, c, threads): c for c in todo}
+    finished = 0
+    while pending:
+      done, _ = futures.wait(list(pending), timeout=5, return_when=futures.FIRST_COMPLETED)
+      for fut in done:
+        c = pending.pop(fut)
+        finished += 1
+        try:
+          seconds = fut.result()
+          durations.append(seconds)
+          left = len(todo) - finished
+          per_cell = (time.time() - t_start) / finished
+          logging.info("[%d/%d] %s trained in %s | study ETA %s", finished, len(todo), c.name,
+                       _fmt_duration(seconds), _fmt_duration(per_cell * left))
+        except RuntimeError as e:
+          failures.append((c.name, str(e)))
+          logging.error("%s", e)
+      if evaluate and ev is not None and done:
+        evaluate_done()
+  except BaseException:
+    stop_children()
+    pool.shutdown(wait=True, cancel_futures=True)
+    raise
+  pool.shutdown(wait=True)
+  agg = None
+  if evaluate and ev is not None:
+    evaluate_done()
+    agg = report(out, study, rows, title)
+    logging.info("Wrote %s (study.csv, study.md, fid_curves.png, grids.png).", out)
+  if failures:
+    raise RuntimeError(f"{len(failures)} cell(s) failed: " +
+                       "; ".join(name for name, _ in failures) +
+                       ". Re-run the same command to resume them.")
+  return agg
