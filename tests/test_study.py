@@ -1,6 +1,7 @@
 """bin/study: grids from a gin spec, aggregation, skip/resume, and the smoke study end to end."""
 
 import csv
+import glob
 import json
 import os
 import signal
@@ -65,7 +66,7 @@ def test_grid_cells_and_names():
                  methods={"none": [], "aug": ["GAN.augment = @DiffAugment()"]},
                  data={"k100": ["NUM_IMAGES = 100"]}, seeds=[0, 5])
   cells = g.cells(extra=["M = 'p'"])
-  assert [c.name for c in cells] == ["sg-none-k100-s0", "sg-none-k100-s5", "sg-aug-k100-s0",
+  assert [c.name for c in cells] == ["sg-none-k100-s0", "sg-aug-k100-s0", "sg-none-k100-s5",
                                      "sg-aug-k100-s5"]
   assert cells[3].bindings == ("M = 'p'", "A = 1", "NUM_IMAGES = 100",
                                "GAN.augment = @DiffAugment()", "SEED = 5", "GAN.seed = %SEED")
@@ -87,6 +88,35 @@ def test_changed_spec_is_refused_before_any_work(tmp_path):
   changed = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": ["A = 2"]}).cells()[0]
   with pytest.raises(ValueError, match="other settings"):
     study.cell_status(str(tmp_path), changed)
+
+
+SPECS = sorted(glob.glob(os.path.join(ROOT, "studies", "*.gin")))
+MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist", "t10k-images-idx3-ubyte.gz")
+
+
+@pytest.mark.parametrize("spec", [os.path.basename(p) for p in SPECS])
+def test_every_spec_parses_and_every_cell_config_builds(spec):
+  if spec == "augment_mnist.gin" and not os.path.exists(MNIST):
+    pytest.skip(f"no MNIST at {MNIST}")
+  from tfgan_eff import config  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.training.gan import GAN  # pylint: disable=import-outside-toplevel
+  s = study.load_spec(os.path.join(ROOT, "studies", spec))
+  assert s.cells and s.evaluation is not None
+  names = [c.name for c in s.cells]
+  assert len(set(names)) == len(names)
+  built = set()
+  try:
+    for c in s.cells:
+      gin.clear_config()
+      config.parse(c.gin_files, c.bindings)
+      assert gin.query_parameter("%SEED") == c.seed
+      if (c.grid, c.method) not in built:  # one GAN per method: the bindings are valid
+        built.add((c.grid, c.method))
+        assert GAN().terms
+  finally:
+    gin.clear_config()
+  if spec == "augment_mnist.gin":
+    assert len(s.cells) == 6 * 2 * 3 + 2 * 3
 
 
 def _study_cmd(out, *extra):

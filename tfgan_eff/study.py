@@ -139,9 +139,10 @@ class Grid:
 
   def cells(self, extra=()):
     out = []
+    # Seed by seed, so that a study stopped early has every method at its first seeds.
     for data, data_b in self.data.items():
-      for method, method_b in self.methods.items():
-        for seed in self.seeds:
+      for seed in self.seeds:
+        for method, method_b in self.methods.items():
           out.append(Cell(self.name, method, data, seed, self.gin_files,
                           tuple(extra) + self.bindings + data_b + method_b + (f"SEED = {seed}",) +
                           self.seed_bindings))
