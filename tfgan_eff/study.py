@@ -102,6 +102,8 @@ class Grid:
     methods: {method name: [gin bindings]}; only the switch under test should differ.
     data: {data name: [gin bindings]}, e.g. {'k100': ['NUM_IMAGES = 100']}.
     seeds: training seeds, bound as the macro SEED.
+    data_seeds: {data name: seeds} for data sizes that use other seeds (e.g. fewer for the
+      expensive ones).
     bindings: gin bindings of every cell (after gin_files, before data and method).
     seed_bindings: what a seed changes (default: `GAN.seed = %SEED`, i.e. initial weights,
       latents and augmentation; the data subset stays fixed).
@@ -112,7 +114,7 @@ class Grid:
 
   def __init__(self, name=gin.REQUIRED, gin_files=gin.REQUIRED, methods=gin.REQUIRED,
                data=None, seeds=(0,), bindings=(), seed_bindings=("GAN.seed = %SEED",),
-               baseline=None, comparisons=()):
+               baseline=None, comparisons=(), data_seeds=None):
     for kind, names in (("grid", [name]), ("method", list(methods)),
                         ("data", list(data or {}))):
       bad = [n for n in names if not _NAME.match(str(n))]
@@ -128,6 +130,11 @@ class Grid:
     self.seeds = tuple(int(s) for s in seeds)
     if not self.seeds or len(set(self.seeds)) != len(self.seeds):
       raise ValueError(f"Grid '{name}': seeds must be distinct and non-empty, got {seeds}.")
+    self.data_seeds = {k: tuple(int(x) for x in v) for k, v in (data_seeds or {}).items()}
+    unknown = [k for k in self.data_seeds if k not in self.data]
+    if unknown:
+      raise ValueError(f"Grid '{name}': data_seeds names {unknown}, not among its data "
+                       f"{list(self.data)}.")
     self.bindings = tuple(bindings)
     self.seed_bindings = tuple(seed_bindings)
     self.baseline = baseline or next(iter(self.methods))
@@ -141,7 +148,7 @@ class Grid:
     out = []
     # Seed by seed, so that a study stopped early has every method at its first seeds.
     for data, data_b in self.data.items():
-      for seed in self.seeds:
+      for seed in self.data_seeds.get(data, self.seeds):
         for method, method_b in self.methods.items():
           out.append(Cell(self.name, method, data, seed, self.gin_files,
                           tuple(extra) + self.bindings + data_b + method_b + (f"SEED = {seed}",) +
