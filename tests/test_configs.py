@@ -22,7 +22,8 @@ def test_config_parses_and_constructs_its_gan(path):
   try:
     # Macros a user must pass (data folders, source runs): any value parses.
     config.parse([os.path.join(ROOT, path)], ["DATA_DIR = '/data'", "SOURCE = '/source'",
-                                             "MNIST_IMAGES = '/mnist.gz'", "NUM_IMAGES = 100"])
+                                             "MNIST_IMAGES = '/mnist.gz'", "NUM_IMAGES = 100",
+                                             "PANDA_DIR = '/panda'"])
     gan = GAN()
     assert gan.terms, path
     assert gan.terms[0].name == "adversarial"

@@ -162,7 +162,8 @@ class StudyEval:
 
   Args:
     reference: an `ImageData` of the true distribution (e.g. all 10,000 MNIST digits);
-      FID/KID are against it. None: against each cell's own training images only.
+      FID/KID are against it. None: against each cell's own training images (the
+      low-shot benchmarks' protocol, where the training images are all there is).
     feature_extractor: "mnist", "digits" or "inception" (see tfgan_eff.eval.Evaluator).
       When Inception is requested but unavailable offline, FID/KID are left out with a
       warning and everything else is still measured.
@@ -198,7 +199,7 @@ class StudyEval:
     self.evaluator = Evaluator(metrics=self.metrics, **kwargs)
     self.train_evaluator = Evaluator(metrics=("fid",), **kwargs)
     self.feature_extractor = feature_extractor
-    self._reference_hashes = None
+    self.metrics_available = True  # False once the extractor proved unavailable
     self.protocol = None
 
   def extractor_tag(self):
@@ -209,6 +210,7 @@ class StudyEval:
       ex = self.evaluator.extractor
     except InceptionNotFoundError as e:
       logging.warning("No FID/KID in this study: %s", str(e).splitlines()[0])
+      self.metrics_available = False
       return "unavailable"
     self.train_evaluator._extractor = ex  # pylint: disable=protected-access
     return getattr(ex, "cache_tag", ex.name)
@@ -433,16 +435,20 @@ class _CellEvaluation:
       served[0] += len(out)
       return out
 
-    metrics = {}
-    if ev.reference is not None and ev.metrics:
-      metrics = _try_metrics(lambda: ev.evaluator.evaluate(
-          generate_fn, ev.reference.eval_batches, ev.reference.name))
+    # FID/KID against the reference (without one: against the training images, as the
+    # low-shot benchmarks do); FID against the training images always.
+    ref = ev.reference if ev.reference is not None else self.data
+    metrics = train_metrics = {}
+    if ev.metrics_available and ev.metrics:
+      metrics = _try_metrics(lambda: ev.evaluator.evaluate(generate_fn, ref.eval_batches,
+                                                           ref.name))
       served[0] = 0
+      train_metrics = metrics if ref is self.data else _try_metrics(
+          lambda: ev.train_evaluator.evaluate(generate_fn, self.data.eval_batches,
+                                              self.data.name))
     for k in ("fid", "kid_mean"):
       if k in metrics:
         row[k.replace("_mean", "")] = metrics[k]
-    train_metrics = _try_metrics(lambda: ev.train_evaluator.evaluate(
-        generate_fn, self.data.eval_batches, self.data.name))
     if "fid" in train_metrics:
       row["fid_train"] = train_metrics["fid"]
     row.update(memorisation_rate(samples[:ev.memorisation_samples], self.train_images))
@@ -666,8 +672,8 @@ def markdown(agg, grids, title="Study"):
         continue
       base = agg.get((g.name, data, g.baseline))
       lines += [f"### {data}", "",
-                "| method | seeds | step | best FID | vs base | sep. | best KID×10³ | best at kimg "
-                "| final FID | final KID×10³ | FID train | memo | leak [real] | gap t−h "
+                "| method | seeds | step | best FID | vs base | sep. | best KID | best at kimg "
+                "| final FID | final KID | FID train | memo | leak [real] | gap t−h "
                 "| gap r−f |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
       for m in methods:
@@ -683,8 +689,8 @@ def markdown(agg, grids, title="Study"):
         lines.append(
             f"| {m} | {len(a['seeds'])} | {a['final_step']} | {_pm(a['best_fid'])} | "
             f"{ratio} | {separated} | "
-            f"{_pm(a['best_kid'], 1e3, 2)} | {_pm(a['best_kimg'], 1, 0)} | "
-            f"{_pm(a['final_fid'])} | {_pm(a['final_kid'], 1e3, 2)} | "
+            f"{_pm(a['best_kid'], 1, 2)} | {_pm(a['best_kimg'], 1, 0)} | "
+            f"{_pm(a['final_fid'])} | {_pm(a['final_kid'], 1, 2)} | "
             f"{_pm(a['final_fid_train'])} | {memo} | "
             f"{leak} | {_pm(a['final_gap_train_heldout'], 1, 2)} | "
             f"{_pm(a['final_gap_real_fake'], 1, 2)} |")
