@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,8 +172,23 @@ def test_smoke_study_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
   mtimes = {p: os.path.getmtime(p) for p in
             [os.path.join(out, "cells", c, f) for c in ("smoke-none-k64-s0",
                                                          "smoke-diffaug-k64-s0")
-             for f in ("train.log", "study_eval.jsonl")]}
+             for f in ("train.log", "study_eval.jsonl", "study_grid.png")]}
   r = subprocess.run(_study_cmd(out), cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "2 done, 0 to train" in r.stderr
+  assert {p: os.path.getmtime(p) for p in mtimes} == mtimes
+
+  # 4. As recorded in git: the cells without their weights. Nothing is retrained and the
+  #    report is rebuilt from the kept evaluations, the same rows.
+  with open(os.path.join(out, "study.csv")) as f:
+    before = f.read()
+  for c in ("smoke-none-k64-s0", "smoke-diffaug-k64-s0"):
+    for sub in ("checkpoints", "train", "best"):
+      shutil.rmtree(os.path.join(out, "cells", c, sub), ignore_errors=True)
+  os.remove(os.path.join(out, "study.csv"))
+  r = subprocess.run(_study_cmd(out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "2 done, 0 to train" in r.stderr
+  with open(os.path.join(out, "study.csv")) as f:
+    assert f.read() == before
   assert {p: os.path.getmtime(p) for p in mtimes} == mtimes

@@ -508,23 +508,26 @@ def evaluate_cell(ev, out, cell):
   """Scores the cell's checkpoints not yet scored under this protocol; -> its rows."""
   model_dir = cell_dir(out, cell)
   steps = _checkpoint_steps(model_dir)
-  if not steps:
-    return []
   path = os.path.join(model_dir, EVAL_FILE)
   done = _read_jsonl(path)
+  if not steps and not done:
+    return []
+  if ev.protocol is None:  # the extractor's weights hash is part of the key
+    ev.protocol = ev.protocol_key(ev.extractor_tag())
+  protocol = ev.protocol
+  have = {r["step"] for r in done if r.get("protocol") == protocol}
+  if not steps:
+    # A finished cell kept without its checkpoints (a study recorded in git, where the
+    # weights do not go): its evaluations stand for it, as long as the protocol is the same.
+    if not have:
+      logging.warning("%s has no checkpoints and no evaluation under this protocol; delete "
+                      "its folder to retrain it.", cell.name)
+    return [r for r in done if r.get("protocol") == protocol]
   last = max(steps)
   wanted = [s for i, s in enumerate(steps) if i % ev.every == ev.every - 1 or s == last]
-  cell_ev = None
-  protocol = ev.protocol
-  if protocol is not None:
-    have = {r["step"] for r in done if r.get("protocol") == protocol}
-    todo = [s for s in wanted if s not in have]
-    if not todo and os.path.exists(os.path.join(model_dir, GRID_FILE)):
-      return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+  if all(s in have for s in wanted) and os.path.exists(os.path.join(model_dir, GRID_FILE)):
+    return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
   cell_ev = _CellEvaluation(ev, model_dir)
-  if protocol is None:  # the extractor's weights hash is part of the key
-    protocol = ev.protocol = ev.protocol_key(ev.extractor_tag())
-  have = {r["step"] for r in done if r.get("protocol") == protocol}
   t0 = time.time()
   for step in wanted:
     if step in have:
