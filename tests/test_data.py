@@ -113,8 +113,21 @@ def test_empty_folder(tmp_path):
 def test_corrupt_image_names_the_file(tmp_path):
   (tmp_path / "bad.png").write_bytes(b"this is not a png")
   src = ImageFolder(str(tmp_path))
-  with pytest.raises(ValueError, match="bad.png.*Remove or re-save"):
+  with pytest.raises(ValueError, match="(?s)bad.png: Unknown image file format.*Remove or re-save"):
     ImageData(src, resolution=8)
+
+
+def test_every_undecodable_image_is_named_at_once_or_skipped(tmp_path):
+  for i in range(2):
+    tf.io.write_file(str(tmp_path / f"good{i}.png"),
+                     tf.io.encode_png(tf.fill([8, 8, 3], tf.constant(40 * i, tf.uint8))))
+  (tmp_path / "bad1.png").write_bytes(b"not a png")
+  (tmp_path / "bad2.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
+  with pytest.raises(ValueError, match=r"(?s)2 image file\(s\).*bad1.png.*bad2.jpg.*on_error"):
+    ImageData(ImageFolder(str(tmp_path)), resolution=8)
+  src = ImageFolder(str(tmp_path), on_error="skip")
+  assert len(src) == 2 and all("good" in f for f in src.files)
+  assert ImageData(src, resolution=8).images.shape == (2, 8, 8, 3)
 
 
 def test_bad_resolution_and_fraction():

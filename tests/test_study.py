@@ -91,6 +91,22 @@ def test_changed_spec_is_refused_before_any_work(tmp_path):
     study.cell_status(str(tmp_path), changed)
 
 
+def test_a_longer_horizon_continues_a_finished_cell(tmp_path):
+  def cell(steps, *extra):
+    return study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": list(extra)},
+                      bindings=[f"Trainer.train_steps = {steps}"]).cells()[0]
+
+  d = study.cell_dir(str(tmp_path), cell(100))
+  os.makedirs(d)
+  with open(os.path.join(d, "cell.json"), "w") as f:
+    json.dump({"spec": cell(100).spec(), "status": "done"}, f)
+  assert study.cell_status(str(tmp_path), cell(100)) == "done"
+  assert study.cell_status(str(tmp_path), cell(200)) == "partial"  # trains on to 200
+  for other in (cell(50), cell(200, "A = 2")):  # shorter, or longer and otherwise changed
+    with pytest.raises(ValueError, match="other settings"):
+      study.cell_status(str(tmp_path), other)
+
+
 SPECS = sorted(glob.glob(os.path.join(ROOT, "studies", "*.gin")))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist", "t10k-images-idx3-ubyte.gz")
 

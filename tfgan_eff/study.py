@@ -266,9 +266,30 @@ def cell_dir(out, cell):
   return os.path.join(out, "cells", cell.name)
 
 
+_HORIZON = re.compile(r"^\s*Trainer\.train_steps\s*=\s*(\d+)\s*$")
+
+
+def _horizon(spec):
+  """The cell's training steps as its bindings set them (the last binding wins), or None."""
+  steps = None
+  for b in spec.get("bindings", ()):
+    m = _HORIZON.match(b)
+    if m:
+      steps = int(m.group(1))
+  return steps
+
+
+def _without_horizon(spec):
+  return {**spec, "bindings": [b for b in spec.get("bindings", ()) if not _HORIZON.match(b)]}
+
+
 def cell_status(out, cell):
   """'done', 'partial' (started, resumable), or 'new'; raises if the folder holds another
-  configuration."""
+  configuration.
+
+  A spec that only lengthens a cell's horizon (a larger `Trainer.train_steps`, all else
+  equal) makes a finished cell 'partial': it resumes from its last checkpoint and trains on.
+  """
   d = cell_dir(out, cell)
   path = os.path.join(d, CELL_FILE)
   if not os.path.exists(path):
@@ -278,11 +299,16 @@ def cell_status(out, cell):
     return "new"
   with open(path) as f:
     info = json.load(f)
-  if info.get("spec") != cell.spec():
-    raise ValueError(
-        f"Cell '{cell.name}' in '{d}' was trained with other settings than the spec now "
-        f"gives:\n  then: {info.get('spec')}\n  now:  {cell.spec()}\nUse another --out, or "
-        f"delete that cell's folder to retrain it.")
+  then, now = info.get("spec") or {}, cell.spec()
+  if then != now:
+    longer = (_without_horizon(then) == _without_horizon(now) and
+              (_horizon(now) or 0) > (_horizon(then) or 0))
+    if not longer:
+      raise ValueError(
+          f"Cell '{cell.name}' in '{d}' was trained with other settings than the spec now "
+          f"gives:\n  then: {then}\n  now:  {now}\nUse another --out, or delete that "
+          f"cell's folder to retrain it (only a longer Trainer.train_steps continues a cell).")
+    return "partial"
   return "done" if info.get("status") == "done" else "partial"
 
 
@@ -309,6 +335,14 @@ def train_cell(out, cell, threads=None):
     with open(info_path) as f:
       previous = json.load(f)
   cmd = train_command(out, cell)
+  evals = os.path.join(d, EVAL_FILE)
+  if previous.get("spec") not in (None, cell.spec()) and not _checkpoint_steps(d) and (
+      os.path.exists(evals)):
+    # A longer horizon for a cell kept without its weights: it trains again from step 0,
+    # so its recorded evaluations no longer describe its checkpoints.
+    os.replace(evals, evals + ".before-extension")
+    logging.warning("%s has no checkpoints to continue from; it trains again from step 0.",
+                    cell.name)
   atomic_write(info_path, json.dumps(
       {"spec": cell.spec(), "status": "training", "command": cmd,
        "seconds": previous.get("seconds", 0.0)}, indent=2))

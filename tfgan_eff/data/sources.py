@@ -8,10 +8,12 @@ for collections that do not fit (`tfds` with a large split).
 import abc
 import gzip
 import os
+import re
 import struct
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tfgan_eff.config import configurable
 
@@ -38,16 +40,31 @@ class Source(abc.ABC):
     """Number of images."""
 
 
+class UndecodableImage(ValueError):
+  """An image file that cannot be decoded."""
+
+
 def _decode(path):
-  """Decodes one image file to uint8 HxWxC, or raises a message naming the file."""
+  """Decodes one image file to uint8 HxWxC, or raises UndecodableImage naming the file."""
   try:
     data = tf.io.read_file(path)
     image = tf.io.decode_image(data, expand_animations=False, dtype=tf.uint8)
   except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError) as e:
-    raise ValueError(
-        f"Could not decode image file '{path}' ({str(e).splitlines()[0]}). "
-        f"Remove or re-save this file (PNG or JPEG), or point the source elsewhere.") from None
+    reason = re.sub(r"^\{\{.*?\}\}\s*|\s*\[Op:.*$", "", str(e).splitlines()[0]).strip()
+    err = UndecodableImage(
+        f"Could not decode image file '{path}' ({reason}). "
+        f"Remove or re-save this file (PNG or JPEG), or point the source elsewhere.")
+    err.reason = reason
+    raise err from None
   return image.numpy()
+
+
+def _undecodable_message(bad, path):
+  shown = "\n  ".join(f"{f}: {why}" for f, why in bad[:50])
+  more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+  return (f"{len(bad)} image file(s) under '{path}' cannot be decoded:\n  {shown}{more}\n"
+          f"Remove or re-save them (PNG or JPEG), or skip them with "
+          f"--gin_param=\"ImageFolder.on_error = 'skip'\".")
 
 
 @configurable
@@ -58,9 +75,15 @@ class ImageFolder(Source):
     path: the folder.
     labels_from_subfolders: when True, each immediate sub-folder is one class (sorted by
       name, label = index); images directly in `path` are then an error.
+    on_error: what an undecodable file does: 'raise' (one error listing every such file,
+      once all have been read) or 'skip' (every file is decoded once here, the bad ones
+      are left out with a warning naming them).
   """
 
-  def __init__(self, path, labels_from_subfolders=False):
+  def __init__(self, path, labels_from_subfolders=False, on_error="raise"):
+    if on_error not in ("raise", "skip"):
+      raise ValueError(f"ImageFolder.on_error must be 'raise' or 'skip', got {on_error!r}.")
+    self.on_error = on_error
     path = os.path.expanduser(path)
     if not os.path.isdir(path):
       raise FileNotFoundError(
@@ -90,6 +113,21 @@ class ImageFolder(Source):
       raise ValueError(
           f"Image folder '{path}' contains no images (looked for {', '.join(IMAGE_EXTENSIONS)} "
           f"recursively). Put images there or point ImageFolder.path elsewhere.")
+    if on_error == "skip":
+      bad = []
+      for f in self.files:
+        try:
+          _decode(f)
+        except UndecodableImage as e:
+          bad.append((f, e.reason))
+      if bad:
+        logging.warning("Skipping %s", _undecodable_message(bad, path).split("\nRemove")[0])
+        drop = {f for f, _ in bad}
+        keep = [i for i, f in enumerate(self.files) if f not in drop]
+        self.files = [self.files[i] for i in keep]
+        labels = [labels[i] for i in keep]
+        if not self.files:
+          raise ValueError(f"No image under '{path}' can be decoded.")
     self.labels = np.asarray(labels, np.int32)
     self.num_classes = len(classes) if labels_from_subfolders else 0
     self.class_names = classes if labels_from_subfolders else []
@@ -98,8 +136,16 @@ class ImageFolder(Source):
     return len(self.files)
 
   def __iter__(self):
+    bad = []
     for f, y in zip(self.files, self.labels):
-      yield _decode(f), int(y)
+      try:
+        image = _decode(f)
+      except UndecodableImage as e:  # read on, so that one error names every bad file
+        bad.append((f, e.reason))
+        continue
+      yield image, int(y)
+    if bad:
+      raise ValueError(_undecodable_message(bad, self.path))
 
 
 def _read_idx(path):

@@ -1,9 +1,12 @@
 """Restoring checkpoints strictly: all of the model or a clear error, never a partial restore
 that trains on silently."""
 
+import glob
 import os
+import re
 
 import tensorflow as tf
+from absl import logging
 
 
 def variables_by_path(obj):
@@ -44,12 +47,37 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint was written by another architecture or configuration."""
 
 
+class CheckpointCorruptError(ValueError):
+  """A checkpoint's files cannot be read back (truncated, overwritten, half-copied)."""
+
+
+def damage(path):
+  """None when every tensor of checkpoint `path` reads back; else what failed (a string)."""
+  try:
+    reader = tf.train.load_checkpoint(path)
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  except Exception as e:  # pylint: disable=broad-except  (any read failure is damage)
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+  return None
+
+
 def restore(ckpt, path):
-  """Restores `ckpt` from `path`, requiring every variable on both sides to match."""
+  """Restores `ckpt` from `path`, requiring every variable on both sides to match.
+
+  Raises CheckpointCorruptError when the files are damaged, CheckpointMismatchError when
+  they are intact but hold another model.
+  """
   try:
     status = ckpt.restore(path)
     status.assert_consumed()
-  except (ValueError, AssertionError, tf.errors.OpError) as e:
+  except Exception as e:  # pylint: disable=broad-except
+    broken = damage(path)
+    if broken:
+      raise CheckpointCorruptError(
+          f"Checkpoint '{path}' is damaged ({broken}).") from None
+    if not isinstance(e, (ValueError, AssertionError, tf.errors.OpError)):
+      raise
     detail = str(e).strip().splitlines()[0][:500]
     model_dir = os.path.dirname(os.path.dirname(path))
     raise CheckpointMismatchError(
@@ -58,3 +86,35 @@ def restore(ckpt, path):
         f"--model_dir, or run with the configuration saved next to it "
         f"({os.path.join(model_dir, 'operative_config.gin')}).") from None
   return status
+
+
+def checkpoint_paths(directory):
+  """The checkpoints (`ckpt-N` prefixes) in `directory`, newest first."""
+  found = []
+  for index in glob.glob(os.path.join(directory, "ckpt-*.index")):
+    m = re.search(r"ckpt-(\d+)\.index$", index)
+    if m:
+      found.append((int(m.group(1)), index[:-len(".index")]))
+  return [p for _, p in sorted(found, reverse=True)]
+
+
+def restore_latest(ckpt, directory):
+  """Restores the newest intact checkpoint in `directory`; -> its path, or None if there is
+  none. A damaged newer one is skipped with a warning naming it; a mismatched one raises."""
+  paths = checkpoint_paths(directory)
+  damaged = []
+  for path in paths:
+    try:
+      restore(ckpt, path)
+    except CheckpointCorruptError as e:
+      logging.warning("%s Falling back to the checkpoint before it.", e)
+      damaged.append(str(e))
+      continue
+    if damaged:
+      logging.warning("Restored %s instead of the damaged newer checkpoint(s).", path)
+    return path
+  if damaged:
+    raise CheckpointCorruptError(
+        f"No intact checkpoint in '{directory}': " + " ".join(damaged) + " Move the "
+        f"damaged files away to start this run afresh, or restore them from a copy.")
+  return None

@@ -9,6 +9,7 @@ cross-replica context after the G step. The whole training step reads top to bot
       unlabelled reals: + D.project(features, term.predict_labels(ctx))   # e.g. S3GAN
       loss = Σ term.d_loss(ctx)                 # adversarial, R1, heads' losses ...
       step D (+ heads); term.after_d_step; augment.update(d_real logits)
+      metrics: the terms', d_loss, d_grad_norm
     G step:
       fakes = G(z, y_fake); d_fake = D(T(fakes), y_fake)
       loss = Σ term.g_loss(ctx); step G; term.after_g_step
@@ -29,6 +30,13 @@ from tfgan_eff.rng import SampleRNG
 from tfgan_eff.training import checkpoints
 from tfgan_eff.training.context import StepContext
 from tfgan_eff.training.optimizers import adam
+
+
+def _grad_norm(grads):
+  """This replica's gradient norm. Summed over replicas (as step metrics are) it is the
+  norm itself on one replica and an upper bound on several; non-finite when any gradient
+  is, which is what the trainer's divergence guard looks at."""
+  return tf.linalg.global_norm([g for g in grads if g is not None])
 
 
 def _replicas():
@@ -193,6 +201,7 @@ class GAN(tf.Module):
       total, metrics = self._sum_terms(ctx, "d_loss")
     variables = self.d_variables()
     grads = tape.gradient(total, variables)
+    metrics["d_grad_norm"] = _grad_norm(grads)
     self.d_optimizer.apply_gradients(zip(grads, variables))
     for t in self.terms:
       t.after_d_step(ctx)
@@ -211,6 +220,7 @@ class GAN(tf.Module):
       total, metrics = self._sum_terms(ctx, "g_loss")
     variables = self.g_variables()
     grads = tape.gradient(total, variables)
+    metrics["g_grad_norm"] = _grad_norm(grads)
     self.g_optimizer.apply_gradients(zip(grads, variables))
     for t in self.terms:
       t.after_g_step(ctx)

@@ -5,9 +5,13 @@ replicas, and writes them. Swapping BigGAN for StyleGAN2 or adding InsGen never 
 this file.
 """
 
+import glob
 import json
 import os
+import shutil
+import signal
 import tempfile
+import threading
 import time
 
 import gin
@@ -21,14 +25,29 @@ from tfgan_eff.training import checkpoints
 from tfgan_eff.training.gan import GAN
 
 
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give: readable by TensorBoard, colleagues
+
+
 def atomic_write(path, data, mode="w"):
   """Writes a file so that readers see the old or the new content, never a part."""
   d = os.path.dirname(path) or "."
   os.makedirs(d, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-  with os.fdopen(fd, mode) as f:
-    f.write(data)
-  os.replace(tmp, path)
+  try:
+    with os.fdopen(fd, mode) as f:
+      f.write(data)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 @gin.configurable
@@ -93,6 +112,83 @@ def generate_uint8(gan, n, batch_size=64, seed=0, truncation=1.0):
                            gan.G.z_dim, gan.num_classes, batch_size, seed)
 
 
+def _check_int(owner, name, value, minimum, allow_none=False, meaning=""):
+  """One-line error naming the setting and the fix unless `value` is an int >= minimum."""
+  if value is None and allow_none:
+    return
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    kind = f" (a {type(value).__name__})" if not isinstance(value, (int, np.integer)) else ""
+    none = " or None" if allow_none else ""
+    raise ValueError(
+        f"{owner}.{name} must be an integer >= {minimum}{none}{meaning}, got {value!r}{kind}; "
+        f"pass e.g. --gin_param=\"{owner}.{name} = {max(minimum, 1)}\" (numbers unquoted).")
+
+
+def check_model_dir(model_dir, setting="Trainer.model_dir"):
+  """Rejects a run directory that is a file or cannot be written, before any work."""
+  if not isinstance(model_dir, (str, os.PathLike)) or not str(model_dir):
+    raise ValueError(f"{setting} must be a folder path, got {model_dir!r}.")
+  path = os.path.abspath(os.path.expanduser(model_dir))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"{setting} '{model_dir}' is a file, not a folder; pass a folder path "
+                     f"(--model_dir=runs/name).")
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    where = "it" if existing == path else f"its parent '{existing}'"
+    raise ValueError(f"{setting} '{model_dir}' cannot be written ({where} is not a writable "
+                     f"folder); pass a folder you can write to.")
+
+
+class TrainingInterrupted(Exception):
+  """Training stopped on SIGTERM/SIGINT after saving a checkpoint (resume by re-running)."""
+
+  def __init__(self, signum, step, checkpoint):
+    self.signum, self.step, self.checkpoint = signum, step, checkpoint
+    self.exit_code = 128 + signum
+    name = signal.Signals(signum).name
+    super().__init__(f"Interrupted by {name} at step {step}; saved {checkpoint}. Re-run the "
+                     f"same command to resume from it.")
+
+
+class DivergenceError(RuntimeError):
+  """A loss or gradient became non-finite; nothing of that step was saved."""
+
+
+class _StopOnSignal:
+  """SIGTERM/SIGINT ask the training loop to stop after the current step; a second one
+  exits at once (as schedulers and impatient users expect)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:
+      logging.warning("Second %s: exiting at once (the last checkpoint stays).",
+                      signal.Signals(signum).name)
+      logging.flush()
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    self.signum = signum
+    logging.warning("%s received: finishing this step and saving a checkpoint (send it again "
+                    "to exit at once).", signal.Signals(signum).name)
+
+
 @configurable
 class Trainer:
   """Trains a GAN on an ImageData source.
@@ -106,20 +202,45 @@ class Trainer:
     log_every: console progress line interval (steps).
     summary_every: TensorBoard scalar interval.
     image_every: fixed-noise EMA sample grid interval.
-    checkpoint_every: checkpoint interval; the last N are kept.
-    keep_checkpoints: N.
+    checkpoint_every: checkpoint interval (0: only at the end); the last N are kept.
+    keep_checkpoints: N (None: all).
     num_samples_grid: samples in the grid.
     eval_every: evaluation interval (0: none); uses `evaluator`. Results go to TensorBoard
       (`eval/fid`, ...) and `eval.jsonl`; the checkpoint with the best FID so far is kept in
       `model_dir/best/` (apart from the rolling checkpoints), with its score in
-      `best/best.json`.
+      `best/best.json`. Every evaluation uses the same latents (seeded by `GAN.seed`), so
+      a resumed run scores exactly as an uninterrupted one.
     evaluator: an `Evaluator` from tfgan_eff.eval (gin: `@Evaluator()`), or None.
+    on_nonfinite: what a non-finite loss, metric or gradient norm does: 'stop' (the run
+      ends with an error naming the step, the metric and the last good checkpoint; nothing
+      of that step is saved).
+
+  SIGTERM or SIGINT (a preempted VM, Slurm, Kubernetes, Ctrl-C) finishes the current step,
+  saves a checkpoint and raises `TrainingInterrupted` (bin/train exits 128 + signal).
   """
 
   def __init__(self, model_dir=gin.REQUIRED, data=gin.REQUIRED, train_steps=1000,
                batch_size=64, log_every=10, summary_every=25, image_every=250,
                checkpoint_every=500, keep_checkpoints=3, num_samples_grid=64,
-               eval_every=0, evaluator=None, strategy=None):
+               eval_every=0, evaluator=None, on_nonfinite="stop", strategy=None):
+    # Every setting is checked before any data or model work (one line each).
+    check_model_dir(model_dir)
+    for name, value, minimum, allow_none, meaning in (
+        ("train_steps", train_steps, 1, False, ""),
+        ("batch_size", batch_size, 1, False, ""),
+        ("log_every", log_every, 1, False, ""),
+        ("summary_every", summary_every, 1, False, ""),
+        ("image_every", image_every, 1, False, ""),
+        ("checkpoint_every", checkpoint_every, 0, False, " (0: only at the end)"),
+        ("keep_checkpoints", keep_checkpoints, 1, True, " (None: keep all)"),
+        ("num_samples_grid", num_samples_grid, 1, False, ""),
+        ("eval_every", eval_every, 0, False, " (0: no evaluation)")):
+      _check_int("Trainer", name, value, minimum, allow_none, meaning)
+    if on_nonfinite not in ("stop",):
+      raise ValueError(f"Trainer.on_nonfinite must be 'stop', got {on_nonfinite!r}.")
+    if data is None:
+      raise ValueError("Trainer.data is None; set it, e.g. Trainer.data = @ImageData().")
+    self.on_nonfinite = on_nonfinite
     self.model_dir = os.path.expanduser(model_dir)
     self.data = data
     self.train_steps, self.batch_size = train_steps, batch_size
@@ -143,8 +264,8 @@ class Trainer:
       self._check_compatible()
       shape = (data.resolution, data.resolution, data.channels)
       self.gan.build(self.local_batch, shape)
-    self.ckpt = tf.train.Checkpoint(step=self.step, best_fid=self.best_fid,
-                                    **self.gan.checkpoint_items())
+    self.ckpt_items = self.gan.checkpoint_items()
+    self.ckpt = tf.train.Checkpoint(step=self.step, best_fid=self.best_fid, **self.ckpt_items)
     self.is_chief = self._is_chief()
     ckpt_dir = os.path.join(self.model_dir, "checkpoints")
     if not self.is_chief:  # TF requires every worker to save; others save to scratch
@@ -174,17 +295,20 @@ class Trainer:
       raise ValueError(f"The discriminator expects {d.resolution}px, {d.channels} channels "
                        f"but the data is {self.data.resolution}px, {self.data.channels}.")
     if self.gan.num_classes and self.data.num_classes != self.gan.num_classes:
+      fix = (f"set NUM_CLASSES = {self.data.num_classes}, or 0 for an unconditional GAN"
+             if self.data.num_classes else
+             "the data has no labels: set NUM_CLASSES = 0 (an unconditional GAN), or give "
+             "the data labels (e.g. ImageFolder.labels_from_subfolders = True)")
       raise ValueError(
           f"The models are conditional on {self.gan.num_classes} classes but the data has "
-          f"{self.data.num_classes}; set NUM_CLASSES to {self.data.num_classes} (or 0 for an "
-          f"unconditional GAN).")
+          f"{self.data.num_classes}; {fix}.")
 
   # -- steps ------------------------------------------------------------------------------
   def _make_train_step(self):
     gan, strategy = self.gan, self.strategy
 
     @tf.function
-    def train_step(iterator):
+    def train_step(iterator, stop):
       step = self.step.read_value()
       metrics = {}
       for i in range(gan.disc_iters):
@@ -194,8 +318,13 @@ class Trainer:
       metrics.update(strategy.run(gan.g_step, args=(batch, step)))
       gan.update_ema(step + 1)
       self.step.assign_add(1)
-      return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-              for k, v in metrics.items()}
+      out = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+             for k, v in metrics.items()}
+      # Any worker's signal stops them all after this same step.
+      out["_stop"] = strategy.reduce(
+          tf.distribute.ReduceOp.SUM, strategy.run(lambda s: tf.cast(s, tf.int32), args=(stop,)),
+          axis=None) > 0
+      return out
 
     return train_step
 
@@ -211,17 +340,52 @@ class Trainer:
 
   # -- the loop ----------------------------------------------------------------------------
   def restore(self):
-    path = self.manager.latest_checkpoint
+    """Restores the newest intact checkpoint (a corrupt newest one is skipped with a
+    warning); -> its path or None."""
+    path = checkpoints.restore_latest(self.ckpt, self.manager.directory)
     if path:
-      checkpoints.restore(self.ckpt, path)
       logging.info("Resumed from %s at step %d.", path, int(self.step.numpy()))
     return path
 
+  def _write_config(self, resumed):
+    """config.gin of this run, written only once the restore has succeeded; a changed
+    config keeps the previous one as config.<time>.gin."""
+    path = os.path.join(self.model_dir, "config.gin")
+    text = gin.config_str()
+    if resumed and os.path.exists(path):
+      with open(path) as f:
+        old = f.read()
+      if old != text:
+        kept = os.path.join(self.model_dir, f"config.{time.strftime('%Y%m%d-%H%M%S')}.gin")
+        atomic_write(kept, old)
+        logging.info("The configuration differs from the run's; the previous one is kept "
+                     "as %s.", kept)
+    atomic_write(path, text)
+
+  def _clean_start(self, resumed_step):
+    """Start-up housekeeping of the chief: leftover temporary checkpoint folders of a
+    killed save, and eval.jsonl lines past the step training resumes from."""
+    if not self.is_chief:
+      return
+    for d in glob.glob(os.path.join(self.manager.directory, "*_temp*")) + glob.glob(
+        os.path.join(self.model_dir, "best", "*_temp*")):
+      if os.path.isdir(d):
+        shutil.rmtree(d, ignore_errors=True)
+        logging.info("Removed %s, left by an interrupted save.", d)
+    path = os.path.join(self.model_dir, "eval.jsonl")
+    if os.path.exists(path):
+      with open(path) as f:
+        lines = [line for line in f if line.strip()]
+      kept = [line for line in lines if json.loads(line)["step"] <= resumed_step]
+      if len(kept) != len(lines):
+        atomic_write(path, "".join(kept))
+
   def train(self):
     os.makedirs(self.model_dir, exist_ok=True)
-    atomic_write(os.path.join(self.model_dir, "config.gin"), gin.config_str())
-    self.restore()
+    resumed = self.restore()  # before anything is written: a failed resume changes nothing
     start = int(self.step.numpy())
+    self._write_config(resumed)
+    self._clean_start(start)
     if start >= self.train_steps:
       logging.info("Already trained to step %d (train_steps=%d); nothing to do.", start,
                    self.train_steps)
@@ -243,12 +407,16 @@ class Trainer:
     logging.info("Parameters: %s", "; ".join(f"{k} {v:,}" for k, v in counts.items()))
     times, t_last = [], time.perf_counter()
     operative_written = False
-    with writer.as_default():
+    with writer.as_default(), _StopOnSignal() as stop:
       tf.summary.text("model/parameters", "\n".join(
           ["| | parameters |", "|---|---|"] + [f"| {k} | {v:,} |" for k, v in counts.items()]),
                       step=start)
       for step in range(start + 1, self.train_steps + 1):
-        metrics = train_step(iterator)
+        metrics = train_step(iterator, tf.constant(stop.signum is not None))
+        # Every worker stops at the same step: the flag is reduced over all of them.
+        stop_now = bool(metrics.pop("_stop").numpy())
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self._check_finite(step, metrics)
         if not operative_written:  # after the first step every configurable has been used
           atomic_write(os.path.join(self.model_dir, "operative_config.gin"),
                        gin.operative_config_str())
@@ -258,11 +426,47 @@ class Trainer:
         t_last = now
         if step == start + 1:
           times.clear()  # the first step includes tracing
+        if stop_now:
+          path = self._save(step)
+          writer.flush()
+          logging.warning("Stopped at step %d on a signal; saved %s. Re-run the same "
+                          "command to resume.", step, path)
+          raise TrainingInterrupted(stop.signum or signal.SIGTERM, step, path)
         self._periodic(step, metrics, times, per_step)
-    self.manager.save(checkpoint_number=self.train_steps)
+    path = self._save(self.train_steps)
     self._write_final_samples()
-    logging.info("Done: step %d, checkpoint %s.", self.train_steps,
-                 self.manager.latest_checkpoint)
+    logging.info("Done: step %d, checkpoint %s.", self.train_steps, path)
+
+  def _check_finite(self, step, metrics):
+    bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+    if bad:
+      last = self.manager.latest_checkpoint
+      raise DivergenceError(
+          f"Training diverged at step {step}: {bad[0]} is {metrics[bad[0]]}"
+          f"{f' (also {bad[1:]})' if len(bad) > 1 else ''}. Nothing of this step was "
+          f"saved; the last good checkpoint is {last or 'none (no checkpoint yet)'}. Lower "
+          f"the learning rates or check the data, then re-run (it resumes from that "
+          f"checkpoint).")
+
+  def _save(self, step, manager=None):
+    """Saves the current state after checking that every variable is finite."""
+    manager = manager or self.manager
+    for key, variables in self.ckpt_items.items():
+      for name, v in variables.items():
+        if tf.as_dtype(v.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(v))):
+          raise DivergenceError(
+              f"Not saving step {step}: {key}/{name} holds non-finite values. The last good "
+              f"checkpoint is {self.manager.latest_checkpoint or 'none'}; lower the learning "
+              f"rates, then re-run to resume from it.")
+    try:
+      return manager.save(checkpoint_number=step)
+    except (tf.errors.ResourceExhaustedError, OSError) as e:
+      if "space" not in str(e).lower() and "resource" not in type(e).__name__.lower():
+        raise
+      raise OSError(
+          f"No space left to save step {step} in '{manager.directory}' "
+          f"({str(e).splitlines()[0][:200]}). Free some space and re-run the same command: "
+          f"training resumes from {self.manager.latest_checkpoint or 'the start'}.") from None
 
   def parameter_counts(self):
     """{name: count}: trainable and non-trainable (frozen weights, buffers) of G, D, terms."""
@@ -299,16 +503,19 @@ class Trainer:
       tf.summary.image("samples/ema_fixed_noise", grid[None], step=step)
     if self.eval_every and self.evaluator is not None and (step % self.eval_every == 0 or last):
       self.evaluate(step)
-    if step % self.checkpoint_every == 0 and not last:
-      self.manager.save(checkpoint_number=step)
+    if self.checkpoint_every and step % self.checkpoint_every == 0 and not last:
+      self._save(step)
 
   def evaluate(self, step):
     """Runs the configured evaluator on the EMA generator and writes the results.
 
-    Scalars go to TensorBoard under `eval/` and one JSON line per evaluation to
+    Scalars go to TensorBoard under `eval/` and one JSON line per evaluated step to
     `eval.jsonl`. When FID improves on the best so far, the current state is saved to
     `best/` (one checkpoint, kept apart from the rolling ones) and `best/best.json`.
+    Samples that are non-finite or all alike (a collapsed or diverged G) are never a best.
     """
+    self._eval_calls = 0
+    self._eval_degenerate = []
     results = self.evaluator.evaluate(self.generate_uint8, self.data.eval_batches,
                                       self.data.name)
     scalars = {k: float(v) for k, v in results.items()
@@ -316,14 +523,26 @@ class Trainer:
     for k, v in scalars.items():
       tf.summary.scalar(f"eval/{k}", v, step=step)
     logging.info("eval at step %d: %s", step, scalars)
+    if self._eval_degenerate:
+      logging.error("Evaluation at step %d: the samples are %s; this step cannot be a best.",
+                    step, self._eval_degenerate[0])
     if self.is_chief:
-      with open(os.path.join(self.model_dir, "eval.jsonl"), "a") as f:
-        f.write(json.dumps({"step": step, **scalars}) + "\n")
+      path = os.path.join(self.model_dir, "eval.jsonl")
+      lines = []
+      if os.path.exists(path):
+        with open(path) as f:
+          lines = [line for line in f if line.strip() and json.loads(line)["step"] != step]
+      row = {"step": step, **scalars}
+      if self._eval_degenerate:
+        row["invalid"] = self._eval_degenerate[0]
+      atomic_write(path, "".join(lines) + json.dumps(row) + "\n")
     fid = scalars.get("fid")
-    # best_fid lives in the checkpoint, so every worker (and a resumed run) decides alike.
-    if fid is not None and np.isfinite(fid) and fid < float(self.best_fid.numpy()):
+    # best_fid lives in the checkpoint, so every worker (and a resumed run) decides alike;
+    # compared in its own float32, so an equal FID is not a new best.
+    if (fid is not None and np.isfinite(fid) and not self._eval_degenerate and
+        np.float32(fid) < self.best_fid.numpy()):
       self.best_fid.assign(fid)
-      path = self.best_manager.save(checkpoint_number=step)
+      path = self._save(step, self.best_manager)
       if self.is_chief:
         atomic_write(os.path.join(self.model_dir, "best", "best.json"),
                      json.dumps({"step": step, "checkpoint": path, **scalars}, indent=2))
@@ -331,11 +550,31 @@ class Trainer:
     return results
 
   def generate_uint8(self, n, truncation=1.0):
-    """n EMA samples as uint8 numpy (a fresh seed per call, deterministic per run)."""
-    self._eval_seed += 1
-    return generate_uint8(self.gan, n, self.batch_size, self._eval_seed, truncation)
+    """n EMA samples as uint8 numpy for the evaluator.
 
-  _eval_seed = 1000
+    The k-th call of an evaluation draws from seed (GAN.seed, k): every evaluation sees the
+    same latents, so checkpoints compare on equal terms and a resumed run scores exactly as
+    an uninterrupted one. Non-finite or all-equal samples are flagged (`evaluate`).
+    """
+    self._eval_calls = getattr(self, "_eval_calls", 0) + 1
+    seed = int(np.random.SeedSequence([self.gan.seed, 1000 + self._eval_calls])
+               .generate_state(1)[0] >> 1)
+    seen = {"finite": True, "lo": np.inf, "hi": -np.inf}
+
+    def generate(z, y):
+      x = self.gan.generate(z, y, truncation)
+      seen["finite"] &= bool(tf.reduce_all(tf.math.is_finite(x)))
+      seen["lo"] = min(seen["lo"], float(tf.reduce_min(x)))
+      seen["hi"] = max(seen["hi"], float(tf.reduce_max(x)))
+      return _to_uint8(x)
+
+    images = sample_in_batches(generate, n, self.gan.G.z_dim, self.gan.num_classes,
+                               self.batch_size, seed)
+    if not seen["finite"]:
+      self._eval_degenerate = getattr(self, "_eval_degenerate", []) + ["non-finite"]
+    elif n > 1 and seen["hi"] == seen["lo"]:
+      self._eval_degenerate = getattr(self, "_eval_degenerate", []) + ["all one value"]
+    return images
 
   def _write_final_samples(self):
     if self.is_chief:
@@ -391,9 +630,9 @@ def load_gan(model_dir, checkpoint_path=None):
   Returns (gan, step). Uses the default strategy; data is not loaded.
   """
   model_dir = parse_run_config(model_dir)
-  path = checkpoint_path or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-  if not path:
-    raise FileNotFoundError(f"No checkpoint in '{model_dir}/checkpoints'. Train first.")
   gan, ckpt, step = build_run()
-  checkpoints.restore(ckpt, path)
+  if checkpoint_path:
+    checkpoints.restore(ckpt, checkpoint_path)
+  elif not checkpoints.restore_latest(ckpt, os.path.join(model_dir, "checkpoints")):
+    raise FileNotFoundError(f"No checkpoint in '{model_dir}/checkpoints'. Train first.")
   return gan, int(step.numpy())

@@ -1,0 +1,253 @@
+"""Reliability: signals, divergence, failed starts, damaged checkpoints, exact evaluation on
+resume, settings checked before any work, and what the bin/ tools print."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import ROOT
+from tfgan_eff.objectives.base import Term
+from tfgan_eff.training import checkpoints
+from tfgan_eff.training import trainer as trainer_lib
+from tfgan_eff.training.trainer import DivergenceError, Trainer, load_gan
+
+
+def _one_device():
+  return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+class NaNFromStep(Term):
+  """A D loss term that turns NaN from G step `step` on (0-based), else contributes 0."""
+
+  def __init__(self, step=2, name="nan_from_step"):
+    super().__init__(name=name)
+    self.step = step
+
+  def d_loss(self, ctx):
+    nan = tf.constant(float("nan"))
+    return tf.where(ctx.step >= self.step, nan, 0.0), {}
+
+
+gin.external_configurable(NaNFromStep, module="test_reliability")
+
+
+def _all_finite(path):
+  reader = tf.train.load_checkpoint(path)
+  for name in reader.get_variable_to_shape_map():
+    value = reader.get_tensor(name)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.all(
+        np.isfinite(value)):
+      return False
+  return True
+
+
+def _evaluator(tmp_path):
+  from tfgan_eff.eval.evaluator import Evaluator  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.eval.features import DigitsClassifierExtractor  # pylint: disable=import-outside-toplevel
+  cache = str(tmp_path / "cache")
+  return Evaluator(metrics=("fid",), num_samples=32, cache_dir=cache, batch_size=16,
+                   feature_extractor=DigitsClassifierExtractor(cache_dir=cache, epochs=1))
+
+
+# -- divergence ----------------------------------------------------------------------------
+
+def test_nan_stops_the_run_and_nothing_nonfinite_is_saved(tiny_gin, tmp_path):
+  tiny_gin("GAN.terms = [@Adversarial(), @NaNFromStep()]", "Trainer.checkpoint_every = 1")
+  t = Trainer(model_dir=str(tmp_path / "run"), strategy=_one_device(), train_steps=6,
+              eval_every=1, evaluator=_evaluator(tmp_path))
+  with pytest.raises(DivergenceError, match=r"diverged at step 3: d_loss is nan.*ckpt-2"):
+    t.train()
+  saved = checkpoints.checkpoint_paths(str(tmp_path / "run" / "checkpoints"))
+  assert [os.path.basename(p) for p in saved] == ["ckpt-2", "ckpt-1"]
+  best = checkpoints.checkpoint_paths(str(tmp_path / "run" / "best"))
+  assert best and all(_all_finite(p) for p in saved + best)
+  with open(tmp_path / "run" / "eval.jsonl") as f:
+    assert [json.loads(line)["step"] for line in f] == [1, 2]
+
+
+def test_a_nonfinite_weight_is_never_saved(tiny_gin, tmp_path):
+  tiny_gin()
+  t = Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=1)
+  t.gan.G_ema.weights[0].assign(tf.fill(t.gan.G_ema.weights[0].shape, np.inf))
+  with pytest.raises(DivergenceError, match="Not saving step 1: G_ema/.*non-finite"):
+    t._save(1)  # pylint: disable=protected-access
+  assert not checkpoints.checkpoint_paths(str(tmp_path / "checkpoints"))
+
+
+# -- failed starts and damaged checkpoints --------------------------------------------------
+
+def test_a_mismatched_resume_leaves_the_run_untouched(tiny_gin, tmp_path):
+  tiny_gin()
+  Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=1).train()
+  before = {f: open(tmp_path / f, "rb").read() for f in ("config.gin", "operative_config.gin")}
+  tiny_gin("BigGANDiscriminator.ch = 8")
+  with pytest.raises(checkpoints.CheckpointMismatchError):
+    Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=2).train()
+  assert {f: open(tmp_path / f, "rb").read() for f in before} == before
+  assert sorted(f for f in os.listdir(tmp_path) if f.startswith("config")) == ["config.gin"]
+
+
+def test_a_changed_config_keeps_the_previous_one(tiny_gin, tmp_path):
+  tiny_gin()
+  Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=1).train()
+  old = open(tmp_path / "config.gin").read()
+  tiny_gin("Trainer.log_every = 7")
+  Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=2).train()
+  kept = [f for f in os.listdir(tmp_path) if f.startswith("config.") and f != "config.gin"]
+  assert len(kept) == 1 and open(tmp_path / kept[0]).read() == old
+  assert "log_every = 7" in open(tmp_path / "config.gin").read()
+
+
+def _truncate_data(path):
+  data = [f for f in os.listdir(os.path.dirname(path))
+          if f.startswith(os.path.basename(path) + ".data")]
+  for f in data:
+    full = os.path.join(os.path.dirname(path), f)
+    with open(full, "r+b") as fh:
+      fh.truncate(os.path.getsize(full) // 2)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_gin, tmp_path):
+  tiny_gin("Trainer.checkpoint_every = 1")
+  Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=3).train()
+  ckpt_dir = str(tmp_path / "checkpoints")
+  _truncate_data(os.path.join(ckpt_dir, "ckpt-3"))
+  os.makedirs(os.path.join(ckpt_dir, "ckpt-4_temp"))  # a save killed half-way
+  t = Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=4)
+  assert os.path.basename(t.restore()) == "ckpt-2" and int(t.step.numpy()) == 2
+  gan, step = load_gan(str(tmp_path))  # what export, eval and sample use
+  assert step == 2
+  t.train()  # resumes at 2, trains to 4, removes the leftover temp folder
+  assert int(t.step.numpy()) == 4 and not os.path.exists(os.path.join(ckpt_dir, "ckpt-4_temp"))
+  # With none intact, the error names the damaged files.
+  for p in checkpoints.checkpoint_paths(ckpt_dir):
+    _truncate_data(p)
+  with pytest.raises(checkpoints.CheckpointCorruptError, match=r"ckpt-4.*damaged"):
+    load_gan(str(tmp_path))
+
+
+# -- evaluation and resume ------------------------------------------------------------------
+
+def test_an_interrupted_run_evaluates_as_an_uninterrupted_one(tiny_gin, tmp_path):
+  tiny_gin("Trainer.checkpoint_every = 2")
+  ev = _evaluator(tmp_path)
+  Trainer(model_dir=str(tmp_path / "a"), strategy=_one_device(), train_steps=4, eval_every=1,
+          evaluator=ev).train()
+  Trainer(model_dir=str(tmp_path / "b"), strategy=_one_device(), train_steps=3, eval_every=1,
+          evaluator=ev).train()
+  # The stop at 3 saved ckpt-3; pretend it was killed after evaluating step 3, before saving.
+  os.remove(os.path.join(tmp_path, "b", "checkpoints", "checkpoint"))
+  for f in os.listdir(tmp_path / "b" / "checkpoints"):
+    if f.startswith("ckpt-3"):
+      os.remove(tmp_path / "b" / "checkpoints" / f)
+  Trainer(model_dir=str(tmp_path / "b"), strategy=_one_device(), train_steps=4, eval_every=1,
+          evaluator=ev).train()
+  rows = {}
+  for run in ("a", "b"):
+    with open(tmp_path / run / "eval.jsonl") as f:
+      rows[run] = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows["b"]] == [1, 2, 3, 4]
+  for a, b in zip(rows["a"], rows["b"]):
+    assert a["step"] == b["step"] and a["fid"] == pytest.approx(b["fid"], rel=1e-4)
+  best = [json.load(open(tmp_path / run / "best" / "best.json"))["step"] for run in "ab"]
+  assert best[0] == best[1]
+
+
+def test_checkpoint_every_zero_saves_only_at_the_end(tiny_gin, tmp_path):
+  tiny_gin("Trainer.checkpoint_every = 0")
+  Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=3).train()
+  assert [os.path.basename(p) for p in
+          checkpoints.checkpoint_paths(str(tmp_path / "checkpoints"))] == ["ckpt-3"]
+  mode = stat.S_IMODE(os.stat(tmp_path / "config.gin").st_mode)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert mode == 0o666 & ~umask  # readable by TensorBoard and colleagues, not 0600
+
+
+# -- settings --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("binding, message", [
+    ("Trainer.train_steps = 'abc'", r"Trainer.train_steps must be an integer >= 1.*'abc' \(a str\)"),
+    ("Trainer.train_steps = -5", r"Trainer.train_steps must be an integer >= 1.*-5"),
+    ("Trainer.batch_size = '8'", r"Trainer.batch_size must be an integer.*'8'"),
+    ("Trainer.batch_size = 0", r"Trainer.batch_size must be an integer >= 1"),
+    ("Trainer.checkpoint_every = -1", r"checkpoint_every must be an integer >= 0 \(0: only"),
+    ("Trainer.keep_checkpoints = 0", r"keep_checkpoints must be an integer >= 1 or None"),
+    ("Trainer.log_every = 2.5", r"log_every must be an integer"),
+    ("Trainer.on_nonfinite = 'ignore'", r"on_nonfinite must be"),
+])
+def test_bad_settings_fail_before_the_model_is_built(tiny_gin, tmp_path, monkeypatch, binding,
+                                                      message):
+  tiny_gin(binding)
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("the model was built before the settings were checked")
+
+  monkeypatch.setattr(trainer_lib, "GAN", no_model)
+  with pytest.raises(ValueError, match=message):
+    Trainer(model_dir=str(tmp_path / "run"), strategy=_one_device())
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_model_dir_that_is_a_file_is_rejected(tiny_gin, tmp_path):
+  tiny_gin()
+  (tmp_path / "f").write_text("x")
+  with pytest.raises(ValueError, match="is a file, not a folder"):
+    Trainer(model_dir=str(tmp_path / "f"), strategy=_one_device())
+  with pytest.raises(ValueError, match="cannot be written"):
+    Trainer(model_dir=str(tmp_path / "f" / "run"), strategy=_one_device())
+
+
+# -- the command line ------------------------------------------------------------------------
+
+TINY_CLI = ["--gin_file=gin/quickstart.gin", "--gin_param=Trainer.batch_size = 8",
+            "--gin_param=BigGANGenerator.ch = 4", "--gin_param=BigGANDiscriminator.ch = 4",
+            "--gin_param=Trainer.eval_every = 0", "--gin_param=Trainer.image_every = 100000",
+            "--gin_param=Trainer.num_samples_grid = 4", "--gin_param=Trainer.log_every = 1"]
+
+
+def _train_cmd(model_dir, *extra):
+  return [sys.executable, os.path.join(ROOT, "bin", "train"), f"--model_dir={model_dir}",
+          *TINY_CLI, *extra]
+
+
+def test_a_bad_setting_is_one_line_on_the_command_line(tmp_path):
+  r = subprocess.run(_train_cmd(tmp_path / "run", "--gin_param=Trainer.train_steps = -5"),
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1
+  assert "train: error: Trainer.train_steps must be an integer >= 1" in r.stderr
+  assert "Traceback" not in r.stderr
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_sigterm_saves_the_step_reached_and_the_run_resumes_there(tmp_path):
+  run = tmp_path / "run"
+  log = open(tmp_path / "log", "w")
+  proc = subprocess.Popen(_train_cmd(run, "--gin_param=Trainer.train_steps = 100000",
+                                     "--gin_param=Trainer.checkpoint_every = 100000"),
+                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.time() + 300
+  while "step 3/" not in open(tmp_path / "log").read():
+    assert proc.poll() is None, open(tmp_path / "log").read()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+  text = open(tmp_path / "log").read()
+  step = int(text.split("Stopped at step ")[1].split(" ")[0])
+  assert step >= 3
+  assert [os.path.basename(p) for p in checkpoints.checkpoint_paths(str(run / "checkpoints"))
+          ] == [f"ckpt-{step}"]
+  r = subprocess.run(_train_cmd(run, f"--gin_param=Trainer.train_steps = {step + 1}"),
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"at step {step}." in r.stderr and f"Done: step {step + 1}" in r.stderr
