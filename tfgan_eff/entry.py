@@ -39,7 +39,9 @@ def run(main):
     except _user_errors() as e:
       if os.environ.get(TRACEBACK_ENV):
         raise
-      print(f"{prog}: error: {e}\n(set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
+      message = str(e).split("\n  In call to configurable")[0]  # gin's own suffix
+      print(f"{prog}: error: {message}\n(set {TRACEBACK_ENV}=1 for the traceback)",
+            file=sys.stderr)
       sys.exit(1)
 
   app.run(wrapped)
