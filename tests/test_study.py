@@ -208,3 +208,11 @@ def test_smoke_study_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
   with open(os.path.join(out, "study.csv")) as f:
     assert f.read() == before
   assert {p: os.path.getmtime(p) for p in mtimes} == mtimes
+  # A sparser evaluation (every 2nd checkpoint) reports only the checkpoints it scores (here
+  # the last, step 6), although the cells kept the rows of both checkpoints.
+  r = subprocess.run(_study_cmd(out, "--gin_param=StudyEval.every = 2"), cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(os.path.join(out, "study.csv")) as f:
+    assert sorted((r["method"], int(r["step"])) for r in csv.DictReader(f)) == [
+        ("diffaug", 6), ("none", 6)]

@@ -390,6 +390,30 @@ def _checkpoint_steps(model_dir):
   return dict(sorted(found.items()))
 
 
+def _scored(steps, every):
+  """The checkpoint steps an evaluation with `every` scores: every n-th, and the last."""
+  last = max(steps) if steps else None
+  return [s for i, s in enumerate(steps) if i % every == every - 1 or s == last]
+
+
+def _checkpoint_schedule(model_dir):
+  """The checkpoint steps a cell's training made, from its config.gin (checkpoint_every and
+  train_steps; the last step is always saved), or None when the config does not say."""
+  values = {}
+  try:
+    with open(os.path.join(model_dir, "config.gin")) as f:
+      for line in f:
+        m = re.match(r"^\s*Trainer\.(checkpoint_every|train_steps)\s*=\s*(\d+)\s*$", line)
+        if m:
+          values[m.group(1)] = int(m.group(2))
+  except OSError:
+    return None
+  every, last = values.get("checkpoint_every"), values.get("train_steps")
+  if not last:
+    return None
+  return sorted(set(range(every, last + 1, every) if every else ()) | {last})
+
+
 def _read_jsonl(path):
   rows = []
   if os.path.exists(path):
@@ -552,13 +576,15 @@ def evaluate_cell(ev, out, cell):
   have = {r["step"] for r in done if r.get("protocol") == protocol}
   if not steps:
     # A finished cell kept without its checkpoints (a study recorded in git, where the
-    # weights do not go): its evaluations stand for it, as long as the protocol is the same.
+    # weights do not go): its evaluations stand for it, as long as the protocol is the same,
+    # at the checkpoints the protocol scores (a cell first scored at every checkpoint keeps
+    # the others on file but does not report them).
     if not have:
       logging.warning("%s has no checkpoints and no evaluation under this protocol; delete "
                       "its folder to retrain it.", cell.name)
-    return [r for r in done if r.get("protocol") == protocol]
-  last = max(steps)
-  wanted = [s for i, s in enumerate(steps) if i % ev.every == ev.every - 1 or s == last]
+    wanted = _scored(_checkpoint_schedule(model_dir) or sorted(have), ev.every)
+    return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+  wanted = _scored(list(steps), ev.every)
   if all(s in have for s in wanted) and os.path.exists(os.path.join(model_dir, GRID_FILE)):
     return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
   cell_ev = _CellEvaluation(ev, model_dir)
