@@ -28,5 +28,7 @@ setuptools.setup(
         "scikit-learn>=1.3",  # the built-in dataset: sklearn's bundled handwritten digits
         "pillow>=10.0",       # clean-fid style resizing and PNG grids
     ],
-    extras_require={"test": ["pytest>=8", "matplotlib>=3.7"], "study": ["matplotlib>=3.7"]},
+    extras_require={"test": ["pytest>=8", "matplotlib>=3.7"], "study": ["matplotlib>=3.7"],
+                    # tools/ that run reference networks (PyTorch); never the core or CI
+                    "reference": ["torch>=2.1"]},
 )

@@ -1,7 +1,7 @@
 """Side-by-side of our ADA pipeline (`AdaptiveAugment`) with stylegan2-ada-pytorch's
 `AugmentPipe`, on real MNIST digits.
 
-Needs PyTorch (the optional extra; never in the core or CI) and a checkout of
+Needs PyTorch (`pip install -e .[reference]`; never in the core or CI) and a checkout of
 https://github.com/NVlabs/stylegan2-ada-pytorch, which is imported, not copied:
 
   python tools/ada_reference_check.py --reference=/path/to/stylegan2-ada-pytorch \
