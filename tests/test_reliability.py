@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
+from conftest import ROOT, mirrored
 from tfgan_eff.objectives.base import Term
 from tfgan_eff.training import checkpoints
 from tfgan_eff.training import trainer as trainer_lib
@@ -37,7 +37,29 @@ class NaNFromStep(Term):
     return tf.where(ctx.step >= self.step, nan, 0.0), {}
 
 
+class NaNAt(Term):
+  """A loss term that is NaN in the D (or G) loss at one G step, on one replica or all."""
+
+  def __init__(self, step=1, phase="d", replica=None, name="nan_at"):
+    super().__init__(name=name)
+    self.step, self.phase, self.replica = step, phase, replica
+
+  def _loss(self, ctx):
+    hit = tf.equal(ctx.step, self.step)
+    if self.replica is not None:
+      replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+      hit = tf.logical_and(hit, tf.equal(replica_id, self.replica))
+    return tf.where(hit, tf.constant(float("nan")), 0.0), {}
+
+  def d_loss(self, ctx):
+    return self._loss(ctx) if self.phase == "d" else (tf.constant(0.0), {})
+
+  def g_loss(self, ctx):
+    return self._loss(ctx) if self.phase == "g" else (tf.constant(0.0), {})
+
+
 gin.external_configurable(NaNFromStep, module="test_reliability")
+gin.external_configurable(NaNAt, module="test_reliability")
 
 
 def _all_finite(path):
@@ -72,6 +94,57 @@ def test_nan_stops_the_run_and_nothing_nonfinite_is_saved(tiny_gin, tmp_path):
   assert best and all(_all_finite(p) for p in saved + best)
   with open(tmp_path / "run" / "eval.jsonl") as f:
     assert [json.loads(line)["step"] for line in f] == [1, 2]
+
+
+@pytest.mark.parametrize("phase,replicas", [("g", 1), ("d", 2)])
+def test_skip_step_skips_a_nonfinite_update_everywhere_and_trains_on(tiny_gin, tmp_path,
+                                                                     phase, replicas):
+  # G step 1 (of 0..3) is NaN in one loss; with 2 replicas only on replica 1: both skip.
+  tiny_gin("GAN.terms = [@Adversarial(), @NaNAt()]", f"NaNAt.phase = '{phase}'",
+           f"NaNAt.replica = {1 if replicas == 2 else None}", "Trainer.checkpoint_every = 0",
+           "Trainer.on_nonfinite = 'skip_step'", "Trainer.summary_every = 1")
+  t = Trainer(model_dir=str(tmp_path), train_steps=4,
+              strategy=mirrored() if replicas == 2 else _one_device())
+  seen = {}
+
+  def after_step(step):  # the D and G optimizer steps and the weights after each step
+    seen[step] = (int(t.gan.d_optimizer.iterations.numpy()),
+                  int(t.gan.g_optimizer.iterations.numpy()),
+                  [v.numpy().copy() for v in t.gan.D.trainable_variables[:2]],
+                  [v.numpy().copy() for v in t.gan.G.trainable_variables[:2]])
+
+  periodic = t._periodic  # pylint: disable=protected-access
+  t._periodic = lambda step, *a: (after_step(step), periodic(step, *a))  # pylint: disable=protected-access
+  t.train()
+  d_iters = [seen[s][0] for s in (1, 2, 3, 4)]
+  g_iters = [seen[s][1] for s in (1, 2, 3, 4)]
+  net = 2 if phase == "d" else 3
+  k = t.gan.disc_iters  # both D steps of G step 1 see the NaN
+  if phase == "d":
+    assert d_iters == [k, k, 2 * k, 3 * k] and g_iters == [1, 2, 3, 4]
+  else:
+    assert d_iters == [k, 2 * k, 3 * k, 4 * k] and g_iters == [1, 1, 2, 3]
+  for a, b in zip(seen[1][net], seen[2][net]):  # the skipped network did not move
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(seen[2][net], seen[3][net]):  # and trains on afterwards
+    assert not np.array_equal(a, b)
+  saved = checkpoints.checkpoint_paths(str(tmp_path / "checkpoints"))
+  assert [os.path.basename(p) for p in saved] == ["ckpt-4"] and _all_finite(saved[0])
+  from conftest import scalars  # pylint: disable=import-outside-toplevel
+  assert scalars(str(tmp_path))["skipped_updates"] == (k if phase == "d" else 1)
+
+
+def test_skip_step_stops_after_too_many_skips_in_a_row(tiny_gin, tmp_path, monkeypatch):
+  monkeypatch.setattr(trainer_lib, "MAX_CONSECUTIVE_SKIPS", 3)
+  tiny_gin("GAN.terms = [@Adversarial(), @NaNFromStep()]", "Trainer.checkpoint_every = 1",
+           "Trainer.on_nonfinite = 'skip_step'")
+  t = Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=10)
+  with pytest.raises(DivergenceError, match=r"3 steps in a row up to step 5 .*ckpt-4"):
+    t.train()
+  saved = checkpoints.checkpoint_paths(str(tmp_path / "checkpoints"))
+  # Skipped steps changed nothing, so their checkpoints (steps 3, 4) hold finite weights.
+  assert saved and all(_all_finite(p) for p in saved)
+  assert int(t.gan.d_optimizer.iterations.numpy()) == 2 * t.gan.disc_iters
 
 
 def test_a_nonfinite_weight_is_never_saved(tiny_gin, tmp_path):

@@ -375,3 +375,8 @@ class AdaptiveAugment(tf.Module):
     self._count.assign(tf.where(done, zero, count))
     self._calls.assign(tf.where(done, zero, calls))
     return {"ada_p": tf.identity(p), "ada_rt": tf.identity(rt)}
+
+  def metrics(self):
+    """{"ada_p": p, "ada_rt": r_t of the last completed interval}: the controller's state,
+    float32 scalars (what the GAN logs after each D step)."""
+    return {"ada_p": tf.identity(self.p), "ada_rt": tf.identity(self._rt)}

@@ -91,6 +91,9 @@ class GAN(tf.Module):
     self.warm_start = warm_start
     self.global_batch = None
     self.seed = seed
+    # Set by the Trainer (`Trainer.on_nonfinite = 'skip_step'`): a step whose loss or
+    # gradients are non-finite on any replica changes no state (see `_update`).
+    self.skip_nonfinite = False
     if self.G.num_classes != self.D.num_classes:
       raise ValueError(f"Generator has {self.G.num_classes} classes but discriminator has "
                        f"{self.D.num_classes}; set both num_classes alike.")
@@ -202,11 +205,17 @@ class GAN(tf.Module):
     variables = self.d_variables()
     grads = tape.gradient(total, variables)
     metrics["d_grad_norm"] = _grad_norm(grads)
-    self.d_optimizer.apply_gradients(zip(grads, variables))
-    for t in self.terms:
-      t.after_d_step(ctx)
-    if hasattr(self.augment, "update"):
-      for k, v in self.augment.update(ctx.d_real["logits"], step, ctx.global_batch).items():
+
+    def update(ctx, grads):
+      self.d_optimizer.apply_gradients(zip(grads, variables))
+      for t in self.terms:
+        t.after_d_step(ctx)
+      if hasattr(self.augment, "update"):
+        self.augment.update(ctx.d_real["logits"], ctx.step, ctx.global_batch)
+
+    metrics["d_skipped"] = self._update(update, ctx, grads, total, metrics["d_grad_norm"])
+    if hasattr(self.augment, "metrics"):
+      for k, v in self.augment.metrics().items():
         metrics[k] = ctx.scalar(v)
     metrics["d_loss"] = total
     return metrics
@@ -221,11 +230,45 @@ class GAN(tf.Module):
     variables = self.g_variables()
     grads = tape.gradient(total, variables)
     metrics["g_grad_norm"] = _grad_norm(grads)
-    self.g_optimizer.apply_gradients(zip(grads, variables))
-    for t in self.terms:
-      t.after_g_step(ctx)
+
+    def update(ctx, grads):
+      self.g_optimizer.apply_gradients(zip(grads, variables))
+      for t in self.terms:
+        t.after_g_step(ctx)
+
+    metrics["g_skipped"] = self._update(update, ctx, grads, total, metrics["g_grad_norm"])
     metrics["g_loss"] = total
     return metrics
+
+  def _update(self, update, ctx, grads, loss, grad_norm):
+    """Runs `update(ctx, grads)` (the optimizer step and every state update of the step);
+    with `skip_nonfinite`, only where the loss and gradients are finite on every replica,
+    and nowhere otherwise. -> this replica's share of 1.0 if the step was skipped, else 0.
+
+    The decision is taken once for all replicas in cross-replica context (`merge_call`), as
+    Keras' LossScaleOptimizer does: a `tf.cond` in replica context cannot hold the
+    optimizer's own `merge_call`. `update` must read replica values only from its
+    arguments (each replica gets its own `ctx` and `grads`).
+    """
+    if not self.skip_nonfinite:
+      update(ctx, grads)
+      return tf.constant(0.0)
+    replica = tf.distribute.get_replica_context()
+    bad = tf.cast(tf.logical_not(tf.logical_and(tf.math.is_finite(loss),
+                                                tf.math.is_finite(grad_norm))), tf.float32)
+    finite = tf.equal(replica.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+
+    def cross_replica(strategy, finite, ctx, grads):
+      finite = strategy.experimental_local_results(finite)[0]    # equal on every replica
+
+      def apply():
+        strategy.extended.call_for_each_replica(update, args=(ctx, grads))
+        return tf.constant(True)
+
+      return tf.cond(finite, apply, lambda: tf.constant(False))
+
+    applied = replica.merge_call(cross_replica, args=(finite, ctx, grads))
+    return ctx.scalar(1.0 - tf.cast(applied, tf.float32))
 
   def _label_unlabelled_reals(self, ctx):
     """Projects the unlabelled reals (label -1) on labels a term predicts for them.

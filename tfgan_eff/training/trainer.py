@@ -156,6 +156,10 @@ class DivergenceError(RuntimeError):
   """A loss or gradient became non-finite; nothing of that step was saved."""
 
 
+# With on_nonfinite='skip_step', this many steps in a row with a skipped update end the run.
+MAX_CONSECUTIVE_SKIPS = 20
+
+
 class _StopOnSignal:
   """SIGTERM/SIGINT ask the training loop to stop after the current step; a second one
   exits at once (as schedulers and impatient users expect)."""
@@ -213,7 +217,11 @@ class Trainer:
     evaluator: an `Evaluator` from tfgan_eff.eval (gin: `@Evaluator()`), or None.
     on_nonfinite: what a non-finite loss, metric or gradient norm does: 'stop' (the run
       ends with an error naming the step, the metric and the last good checkpoint; nothing
-      of that step is saved).
+      of that step is saved), or 'skip_step' (a D or G update whose loss or gradients are
+      non-finite on any replica is skipped on all of them: no weight, optimizer, EMA-queue
+      or ADA state changes; each skip is logged with its metric and counted in TensorBoard
+      as `metrics/skipped_updates`; after `MAX_CONSECUTIVE_SKIPS` steps in a row with a
+      skip the run stops as with 'stop').
 
   SIGTERM or SIGINT (a preempted VM, Slurm, Kubernetes, Ctrl-C) finishes the current step,
   saves a checkpoint and raises `TrainingInterrupted` (bin/train exits 128 + signal).
@@ -236,8 +244,9 @@ class Trainer:
         ("num_samples_grid", num_samples_grid, 1, False, ""),
         ("eval_every", eval_every, 0, False, " (0: no evaluation)")):
       _check_int("Trainer", name, value, minimum, allow_none, meaning)
-    if on_nonfinite not in ("stop",):
-      raise ValueError(f"Trainer.on_nonfinite must be 'stop', got {on_nonfinite!r}.")
+    if on_nonfinite not in ("stop", "skip_step"):
+      raise ValueError(f"Trainer.on_nonfinite must be 'stop' or 'skip_step', got "
+                       f"{on_nonfinite!r}.")
     if data is None:
       raise ValueError("Trainer.data is None; set it, e.g. Trainer.data = @ImageData().")
     self.on_nonfinite = on_nonfinite
@@ -257,6 +266,8 @@ class Trainer:
     self.local_batch = batch_size // n
     with self.strategy.scope():
       self.gan = GAN()
+      self.gan.skip_nonfinite = on_nonfinite == "skip_step"
+      self._skipped_updates, self._skips_in_a_row = 0, 0
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.best_fid = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="best_fid",
@@ -310,16 +321,19 @@ class Trainer:
     @tf.function
     def train_step(iterator, stop):
       step = self.step.read_value()
-      metrics = {}
+      metrics, d_skipped = {}, []
       for i in range(gan.disc_iters):
         batch = next(iterator)
         metrics = strategy.run(gan.d_step, args=(batch, step, tf.constant(i, tf.int64)))
+        d_skipped.append(strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                         metrics.pop("d_skipped"), axis=None))
       batch = next(iterator)
       metrics.update(strategy.run(gan.g_step, args=(batch, step)))
       gan.update_ema(step + 1)
       self.step.assign_add(1)
       out = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
              for k, v in metrics.items()}
+      out["d_skipped"] = tf.add_n(d_skipped)  # skipped D updates of all the D steps
       # Any worker's signal stops them all after this same step.
       out["_stop"] = strategy.reduce(
           tf.distribute.ReduceOp.SUM, strategy.run(lambda s: tf.cast(s, tf.int32), args=(stop,)),
@@ -438,7 +452,30 @@ class Trainer:
     logging.info("Done: step %d, checkpoint %s.", self.train_steps, path)
 
   def _check_finite(self, step, metrics):
+    """'stop': raises on any non-finite metric. 'skip_step': logs the updates the GAN
+    skipped (they changed nothing) and raises only after MAX_CONSECUTIVE_SKIPS in a row."""
+    d_skipped, g_skipped = metrics.pop("d_skipped", 0.0), metrics.pop("g_skipped", 0.0)
     bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+    if self.on_nonfinite == "skip_step":
+      if not (d_skipped or g_skipped):
+        self._skips_in_a_row = 0
+      else:
+        self._skips_in_a_row += 1
+        self._skipped_updates += int(round(d_skipped)) + int(round(g_skipped))
+        logging.warning("Step %d: skipped %s (%s non-finite); %d update(s) skipped so far.",
+                        step, " and ".join(
+                            n for n, k in (("the D update", d_skipped),
+                                           ("the G update", g_skipped)) if k),
+                        bad[0] if bad else "a gradient", self._skipped_updates)
+      metrics["skipped_updates"] = float(self._skipped_updates)
+      if self._skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+        raise DivergenceError(
+            f"Training diverged: {self._skips_in_a_row} steps in a row up to step {step} had "
+            f"non-finite losses or gradients and were skipped (on_nonfinite='skip_step'). The "
+            f"weights are those of the last finite update; the last checkpoint is "
+            f"{self.manager.latest_checkpoint or 'none (no checkpoint yet)'}. Lower the "
+            f"learning rates or check the data, then re-run (it resumes from that checkpoint).")
+      return
     if bad:
       last = self.manager.latest_checkpoint
       raise DivergenceError(
