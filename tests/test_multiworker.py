@@ -62,3 +62,47 @@ def test_importing_the_library_starts_no_tf_runtime():
   out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": ROOT}).stdout
   assert out.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_they_resume(tmp_path):
+  """A signal to one worker (a preempted VM) stops every worker after the same step: the stop
+  flag is all-reduced inside the step, so the checkpoint save, a collective, cannot
+  deadlock. Both exit 143; the chief's checkpoint is at that step and a re-run resumes."""
+  from test_reliability import TINY_CLI  # pylint: disable=import-outside-toplevel
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  run = tmp_path / "run"
+
+  def start(tag, *extra):
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs, logs = [], []
+    for i in range(2):
+      tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+      logs.append(tmp_path / f"{tag}-worker{i}.log")
+      procs.append(subprocess.Popen(
+          [sys.executable, os.path.join(ROOT, "bin", "train"), f"--model_dir={run}", *TINY_CLI,
+           *extra], cwd=ROOT, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT,
+          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CONFIG": json.dumps(tf_config)}))
+    return procs, logs
+
+  procs, logs = start("first", "--gin_param=Trainer.train_steps = 100000",
+                      "--gin_param=Trainer.checkpoint_every = 100000")
+  deadline = time.time() + 600
+  while "step 3/" not in logs[0].read_text():
+    assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)  # the non-chief worker only
+  codes = [p.wait(timeout=300) for p in procs]
+  texts = [l.read_text() for l in logs]
+  assert codes == [128 + signal.SIGTERM] * 2, "\n\n".join(t[-3000:] for t in texts)
+  steps = [int(t.split("Stopped at step ")[1].split(" ")[0]) for t in texts]
+  assert steps[0] == steps[1] >= 3
+  step = steps[0]
+  assert os.path.exists(run / "checkpoints" / f"ckpt-{step}.index")
+  procs, logs = start("resume", f"--gin_param=Trainer.train_steps = {step + 1}")
+  codes = [p.wait(timeout=600) for p in procs]
+  texts = [l.read_text() for l in logs]
+  assert codes == [0, 0], "\n\n".join(t[-3000:] for t in texts)
+  assert f"at step {step}." in texts[0] and f"Done: step {step + 1}" in texts[0]

@@ -584,7 +584,11 @@ def evaluate_cell(ev, out, cell):
                       "its folder to retrain it.", cell.name)
     wanted = _scored(_checkpoint_schedule(model_dir) or sorted(have), ev.every)
     return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
-  wanted = _scored(list(steps), ev.every)
+  schedule = _checkpoint_schedule(model_dir)
+  if schedule:  # off-schedule checkpoints (a save on a signal) do not shift the choice
+    wanted = [s for s in _scored(schedule, ev.every) if s in steps]
+  else:
+    wanted = _scored(list(steps), ev.every)
   if all(s in have for s in wanted) and os.path.exists(os.path.join(model_dir, GRID_FILE)):
     return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
   cell_ev = _CellEvaluation(ev, model_dir)
