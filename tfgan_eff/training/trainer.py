@@ -5,6 +5,7 @@ replicas, and writes them. Swapping BigGAN for StyleGAN2 or adding InsGen never 
 this file.
 """
 
+import atexit
 import glob
 import json
 import os
@@ -152,6 +153,14 @@ class TrainingInterrupted(Exception):
                      f"same command to resume from it.")
 
 
+def _scratch_dir(prefix):
+  """A temporary folder for what a non-chief worker must write but nobody reads (its
+  checkpoints, summaries); removed when the process exits (not after SIGKILL)."""
+  path = tempfile.mkdtemp(prefix=prefix)
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  return path
+
+
 class DivergenceError(RuntimeError):
   """A loss or gradient became non-finite; nothing of that step was saved."""
 
@@ -280,11 +289,11 @@ class Trainer:
     self.is_chief = self._is_chief()
     ckpt_dir = os.path.join(self.model_dir, "checkpoints")
     if not self.is_chief:  # TF requires every worker to save; others save to scratch
-      ckpt_dir = tempfile.mkdtemp(prefix="tfgan_eff-worker-")
+      ckpt_dir = _scratch_dir("tfgan_eff-worker-")
     self.manager = tf.train.CheckpointManager(self.ckpt, ckpt_dir,
                                               max_to_keep=keep_checkpoints)
     best_dir = (os.path.join(self.model_dir, "best") if self.is_chief else
-                tempfile.mkdtemp(prefix="tfgan_eff-worker-best-"))
+                _scratch_dir("tfgan_eff-worker-best-"))
     self.best_manager = tf.train.CheckpointManager(self.ckpt, best_dir, max_to_keep=1)
 
   def _is_chief(self):
@@ -356,7 +365,9 @@ class Trainer:
   def restore(self):
     """Restores the newest intact checkpoint (a corrupt newest one is skipped with a
     warning); -> its path or None."""
-    path = checkpoints.restore_latest(self.ckpt, self.manager.directory)
+    # Every worker restores the chief's checkpoint (the others only save to scratch), so
+    # that a multi-worker run resumes at one step on all of them.
+    path = checkpoints.restore_latest(self.ckpt, os.path.join(self.model_dir, "checkpoints"))
     if path:
       logging.info("Resumed from %s at step %d.", path, int(self.step.numpy()))
     return path
@@ -412,7 +423,7 @@ class Trainer:
     train_step = self._make_train_step()
     writer = tf.summary.create_file_writer(
         os.path.join(self.model_dir, "train") if self.is_chief else
-        tempfile.mkdtemp(prefix="tfgan_eff-summaries-"))
+        _scratch_dir("tfgan_eff-summaries-"))
     logging.info("Training %s from step %d to %d: global batch %d on %d replica(s), "
                  "%d D step(s) per G step.", type(self.gan.G).__name__, start,
                  self.train_steps, self.batch_size, self.strategy.num_replicas_in_sync,
