@@ -158,6 +158,13 @@ def test_smoke_study_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
   proc.wait()
   with open(os.path.join(none_dir, "cell.json")) as f:
     assert json.load(f)["status"] == "training"
+  # --notrain scores the unfinished cell's checkpoints so far (reported once it finishes).
+  r = subprocess.run(_study_cmd(out, "--only=none", "--notrain"), cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "unfinished cell smoke-none-k64-s0" in r.stderr
+  with open(os.path.join(none_dir, "study_eval.jsonl")) as f:
+    assert [json.loads(line)["step"] for line in f] == [3]
 
   # 2. The whole study: the killed cell resumes at step 3, the other one trains anew.
   r = subprocess.run(_study_cmd(out, "--jobs=2"), cwd=ROOT, capture_output=True, text=True,
@@ -167,6 +174,8 @@ def test_smoke_study_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
   with open(os.path.join(none_dir, "train.log")) as f:
     log = f.read()
   assert "Resumed from" in log and "at step 3" in log
+  with open(os.path.join(none_dir, "study_eval.jsonl")) as f:  # step 3 was not scored twice
+    assert [json.loads(line)["step"] for line in f] == [3, 6]
   for cell in ("smoke-none-k64-s0", "smoke-diffaug-k64-s0"):
     with open(os.path.join(out, "cells", cell, "cell.json")) as f:
       assert json.load(f)["status"] == "done"

@@ -20,6 +20,10 @@ checkpoint (the trainer's own exact resume). Cells keep every checkpoint; the ev
 scores each (or every `StudyEval.every`-th) one with one protocol: the same reference set,
 the same samples (latents fixed by `StudyEval.seed`), the same extractor. Results per cell
 are cached in `study_eval.jsonl` under a protocol key, so a re-run evaluates only what is new.
+Moving an unfinished cell to another machine: stop the study (SIGTERM: each cell saves its
+step), score its checkpoints so far (`--notrain`), and take the cell folder with only its
+newest checkpoint (`checkpoints/checkpoint` and that `ckpt-N.*`); it resumes from there and
+its report keeps the rows scored before.
 
 Outputs in `<out>`: `study.csv` (every cell, every evaluated step), `study.md` (per grid, data
 and method: mean ± std over seeds of best and final FID/KID, best-FID step, D's logit gaps,
@@ -566,8 +570,12 @@ def _try_metrics(fn):
     return {}
 
 
-def evaluate_cell(ev, out, cell):
-  """Scores the cell's checkpoints not yet scored under this protocol; -> its rows."""
+def evaluate_cell(ev, out, cell, final=True):
+  """Scores the cell's checkpoints not yet scored under this protocol; -> its rows.
+
+  `final=False` (an unfinished cell): scores the checkpoints it has made so far and returns
+  nothing. Their rows stay in the cell's file for when it finishes, so a cell can move to
+  another machine with only its newest checkpoint (the one it resumes from)."""
   model_dir = cell_dir(out, cell)
   steps = _checkpoint_steps(model_dir)
   path = os.path.join(model_dir, EVAL_FILE)
@@ -589,12 +597,18 @@ def evaluate_cell(ev, out, cell):
     wanted = _scored(_checkpoint_schedule(model_dir) or sorted(have), ev.every)
     return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
   schedule = _checkpoint_schedule(model_dir)
-  if schedule:  # off-schedule checkpoints (a save on a signal) do not shift the choice
-    wanted = [s for s in _scored(schedule, ev.every) if s in steps]
+  if schedule:  # off-schedule checkpoints (a save on a signal) do not shift the choice;
+    # a step scored before its checkpoint was deleted (a cell moved machines) still counts
+    wanted = [s for s in _scored(schedule, ev.every) if s in steps or s in have]
   else:
     wanted = _scored(list(steps), ev.every)
-  if all(s in have for s in wanted) and os.path.exists(os.path.join(model_dir, GRID_FILE)):
+  if final and all(s in have for s in wanted) and os.path.exists(
+      os.path.join(model_dir, GRID_FILE)):
     return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+  if not final:
+    wanted = [s for s in wanted if s not in have]
+    if not wanted:
+      return []
   cell_ev = _CellEvaluation(ev, model_dir)
   t0 = time.time()
   for step in wanted:
@@ -604,6 +618,10 @@ def evaluate_cell(ev, out, cell):
     with open(path, "a") as f:
       f.write(json.dumps(row) + "\n")
     done.append(row)
+  if not final:
+    logging.info("Scored %d checkpoints of the unfinished cell %s so far in %s.", len(wanted),
+                 cell.name, _fmt_duration(time.time() - t0))
+    return []
   cell_ev.write_grid()
   logging.info("Evaluated %s (%d checkpoints) in %s.", cell.name, len(wanted),
                _fmt_duration(time.time() - t0))
@@ -944,6 +962,10 @@ def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=Tr
   agg = None
   if evaluate and ev is not None:
     evaluate_done()
+    if not train:  # unfinished cells: score their checkpoints so far (not reported yet)
+      for c in cells:
+        if c.name not in evaluated and cell_status(out, c) == "partial":
+          evaluate_cell(ev, out, c, final=False)
     agg = report(out, study, rows, title)
     logging.info("Wrote %s (study.csv, study.md, fid_curves.png, grids.png).", out)
   if failures:
