@@ -18,7 +18,8 @@ trial it checks:
 
     python experiments/fault_injection.py --out=runs/fault_injection --trials=20
 
-Writes `summary.json` and prints a table (one line per trial).
+Writes `summary.json` and prints a table (one line per trial). Resumable: each finished trial
+is kept in `trialNN.json`, and a re-run of the same command skips those.
 """
 
 import argparse
@@ -112,19 +113,32 @@ def main():
   if not os.path.exists(os.path.join(ref_dir, "checkpoints", f"ckpt-{STEPS}.index")):
     shutil.rmtree(ref_dir, ignore_errors=True)
     assert _run(ref_dir, os.path.join(args.out, "reference.log")) == 0, "reference run failed"
-  lifetime = time.time() - t0 if time.time() - t0 > 5 else 60.0
+  # The kill moments are drawn over the reference run's wall time, kept for re-runs.
+  lifetime_path = os.path.join(args.out, "reference_seconds.json")
+  if os.path.exists(lifetime_path):
+    with open(lifetime_path) as f:
+      lifetime = json.load(f)
+  else:
+    lifetime = time.time() - t0 if time.time() - t0 > 5 else 60.0
+    with open(lifetime_path, "w") as f:
+      json.dump(lifetime, f)
   reference, ref_evals = _final_tensors(ref_dir), _evals(ref_dir)
   with open(os.path.join(ref_dir, "best", "best.json")) as f:
     ref_best = json.load(f)["step"]
   results = []
   for trial in range(args.trials):
     model_dir = os.path.join(args.out, f"trial{trial:02d}")
+    sig = signal.SIGKILL if trial % 2 == 0 else signal.SIGTERM
+    delay = rng.uniform(0.2, 1.0) * lifetime
+    done_path = model_dir + ".json"
+    if os.path.exists(done_path):  # a re-run of the script skips the trials it finished
+      with open(done_path) as f:
+        results.append(json.load(f))
+      continue
     shutil.rmtree(model_dir, ignore_errors=True)
     log_path = model_dir + ".log"
     if os.path.exists(log_path):
       os.remove(log_path)
-    sig = signal.SIGKILL if trial % 2 == 0 else signal.SIGTERM
-    delay = rng.uniform(0.2, 1.0) * lifetime
     with open(log_path, "a") as log:
       proc = subprocess.Popen(_cmd(model_dir), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
       time.sleep(delay)
@@ -153,6 +167,9 @@ def main():
     results.append({"trial": trial, "signal": sig.name, "after_s": round(delay, 1),
                     "first_exit": rc, "stopped_at": stopped_at, "resumed_at": resumed_at,
                     "tensors": n, "problems": problems})
+    with open(done_path + ".tmp", "w") as f:
+      json.dump(results[-1], f)
+    os.replace(done_path + ".tmp", done_path)
     print(f"trial {trial:2d} {sig.name:8s} after {delay:5.1f}s: exit {rc:4d}, "
           f"stopped at {stopped_at}, resumed at {resumed_at}, {n} tensors, "
           f"{'OK' if not problems else '; '.join(problems)}", flush=True)
