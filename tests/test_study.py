@@ -107,6 +107,30 @@ def test_a_longer_horizon_continues_a_finished_cell(tmp_path):
       study.cell_status(str(tmp_path), other)
 
 
+def test_a_cell_without_checkpoints_sets_its_old_rows_aside_when_it_retrains(tmp_path,
+                                                                             monkeypatch):
+  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []},
+                 bindings=["Trainer.train_steps = 100"]).cells()[0]
+  d = study.cell_dir(str(tmp_path), c)
+  os.makedirs(d)
+  with open(os.path.join(d, "cell.json"), "w") as f:  # unfinished, moved without weights
+    json.dump({"spec": c.spec(), "status": "training"}, f)
+  with open(os.path.join(d, study.EVAL_FILE), "w") as f:
+    f.write(json.dumps({"step": 50, "fid": 1.0}) + "\n")
+
+  class Trained:  # stands for bin/train, which would start again from step 0
+    def __init__(self, *args, **kwargs):
+      assert not os.path.exists(os.path.join(d, study.EVAL_FILE))
+
+    def wait(self):
+      return 0
+
+  monkeypatch.setattr(study.subprocess, "Popen", Trained)
+  study.train_cell(str(tmp_path), c)
+  assert os.path.exists(os.path.join(d, study.EVAL_FILE + ".before-restart"))
+  assert study.cell_status(str(tmp_path), c) == "done"
+
+
 SPECS = sorted(glob.glob(os.path.join(ROOT, "studies", "*.gin")))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist", "t10k-images-idx3-ubyte.gz")
 

@@ -21,9 +21,10 @@ scores each (or every `StudyEval.every`-th) one with one protocol: the same refe
 the same samples (latents fixed by `StudyEval.seed`), the same extractor. Results per cell
 are cached in `study_eval.jsonl` under a protocol key, so a re-run evaluates only what is new.
 Moving an unfinished cell to another machine: stop the study (SIGTERM: each cell saves its
-step), score its checkpoints so far (`--notrain`), and take the cell folder with only its
-newest checkpoint (`checkpoints/checkpoint` and that `ckpt-N.*`); it resumes from there and
-its report keeps the rows scored before.
+step), score its checkpoints so far (`--notrain`), and take the cell folder with its newest
+checkpoint (`ckpt-N.*`); it resumes from there and its report keeps the rows scored before.
+Without any checkpoint it trains again from step 0 and its old rows are set aside
+(`study_eval.jsonl.before-restart`).
 
 Outputs in `<out>`: `study.csv` (every cell, every evaluated step), `study.md` (per grid, data
 and method: mean ± std over seeds of best and final FID/KID, best-FID step, D's logit gaps,
@@ -340,11 +341,11 @@ def train_cell(out, cell, threads=None):
       previous = json.load(f)
   cmd = train_command(out, cell)
   evals = os.path.join(d, EVAL_FILE)
-  if previous.get("spec") not in (None, cell.spec()) and not _checkpoint_steps(d) and (
-      os.path.exists(evals)):
-    # A longer horizon for a cell kept without its weights: it trains again from step 0,
-    # so its recorded evaluations no longer describe its checkpoints.
-    os.replace(evals, evals + ".before-extension")
+  if not _checkpoint_steps(d) and os.path.exists(evals):
+    # A cell kept without its weights (a longer horizon for a finished cell, or an
+    # unfinished cell on a new machine) trains again from step 0, so its recorded
+    # evaluations no longer describe its checkpoints.
+    os.replace(evals, evals + ".before-restart")
     logging.warning("%s has no checkpoints to continue from; it trains again from step 0.",
                     cell.name)
   atomic_write(info_path, json.dumps(
