@@ -282,6 +282,23 @@ def _train_cmd(model_dir, *extra):
           *TINY_CLI, *extra]
 
 
+def test_sigterm_before_the_training_steps_exits_143_with_one_line(tmp_path):
+  log_path = tmp_path / "log"
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(_train_cmd(tmp_path / "run"), cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while "Data: " not in log_path.read_text():  # in Trainer(): data loaded, model not built
+      assert proc.poll() is None, log_path.read_text()[-3000:]
+      assert time.time() < deadline
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+  text = log_path.read_text()
+  assert "stopped by SIGTERM outside the training steps" in text and "Traceback" not in text
+  assert not checkpoints.checkpoint_paths(str(tmp_path / "run" / "checkpoints"))
+
+
 def test_a_bad_setting_is_one_line_on_the_command_line(tmp_path):
   r = subprocess.run(_train_cmd(tmp_path / "run", "--gin_param=Trainer.train_steps = -5"),
                      cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -10,6 +10,7 @@ TFGAN_EFF_TRACEBACK=1 for the full traceback. Training stopped by SIGTERM/SIGINT
 """
 
 import os
+import signal
 import sys
 
 from absl import app
@@ -30,17 +31,33 @@ def _user_errors():
   return (ValueError, OSError, DivergenceError)
 
 
+class _Terminated(BaseException):
+  """SIGTERM outside the training loop (start-up, evaluation tools): end cleanly, 143."""
+
+
+def _on_sigterm(signum, frame):
+  del signum, frame
+  raise _Terminated()
+
+
 def run(main):
   """absl's app.run(main) with the error handling above."""
 
   def wrapped(argv):
     from tfgan_eff.training.trainer import TrainingInterrupted  # pylint: disable=import-outside-toplevel
     prog = os.path.basename(sys.argv[0])
+    # The training loop installs its own handler (finish the step, save); outside it a
+    # SIGTERM ends the tool like Ctrl-C does, with the exit code schedulers expect.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
       return main(argv)
     except TrainingInterrupted as e:
       print(f"{prog}: {e}", file=sys.stderr)
       sys.exit(e.exit_code)
+    except _Terminated:
+      print(f"{prog}: stopped by SIGTERM outside the training steps (nothing unsaved was "
+            f"trained); re-run the same command to resume.", file=sys.stderr)
+      sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
       print(f"{prog}: interrupted.", file=sys.stderr)
       sys.exit(130)

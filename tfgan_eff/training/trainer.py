@@ -458,8 +458,14 @@ class Trainer:
                           "command to resume.", step, path)
           raise TrainingInterrupted(stop.signum or signal.SIGTERM, step, path)
         self._periodic(step, metrics, times, per_step)
-    path = self._save(self.train_steps)
-    self._write_final_samples()
+      # Still under the signal handler: a signal during the last step's evaluation, the
+      # final save or the samples waits for them, then ends the run as interrupted.
+      path = self._save(self.train_steps)
+      self._write_final_samples()
+      if stop.signum is not None:
+        logging.warning("Stopped at step %d on a signal; saved %s. The run is complete.",
+                        self.train_steps, path)
+        raise TrainingInterrupted(stop.signum, self.train_steps, path)
     logging.info("Done: step %d, checkpoint %s.", self.train_steps, path)
 
   def _check_finite(self, step, metrics):
