@@ -282,6 +282,24 @@ def _train_cmd(model_dir, *extra):
           *TINY_CLI, *extra]
 
 
+def test_sigterm_during_the_final_save_waits_for_it(tiny_gin, tmp_path, monkeypatch):
+  tiny_gin("Trainer.checkpoint_every = 0")
+  t = Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=2)
+  write_samples = t._write_final_samples  # pylint: disable=protected-access
+
+  def signalled_meanwhile():
+    os.kill(os.getpid(), signal.SIGTERM)  # arrives after the final save, before the samples
+    write_samples()
+
+  monkeypatch.setattr(t, "_write_final_samples", signalled_meanwhile)
+  with pytest.raises(trainer_lib.TrainingInterrupted) as e:
+    t.train()
+  assert e.value.exit_code == 143 and e.value.step == 2
+  assert [os.path.basename(p) for p in checkpoints.checkpoint_paths(
+      str(tmp_path / "checkpoints"))] == ["ckpt-2"]
+  assert os.path.exists(tmp_path / "samples.png")
+
+
 def test_sigterm_before_the_training_steps_exits_143_with_one_line(tmp_path):
   log_path = tmp_path / "log"
   with open(log_path, "w") as log:
