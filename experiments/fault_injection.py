@@ -152,7 +152,9 @@ def main():
       stopped_at = int(text.split("Stopped at step ")[1].split(" ")[0])
     ok_first = (finished_first and rc == 0) or (
         sig == signal.SIGKILL and rc == -signal.SIGKILL) or (
-            sig == signal.SIGTERM and rc == 143)
+            sig == signal.SIGTERM and rc == 143) or (
+                # a signal after "Done" (the process already exiting) changes nothing
+                sig == signal.SIGTERM and rc == 0 and "Done: step" in text)
     rc2 = _run(model_dir, log_path)
     text2 = open(log_path).read()[len(text):]
     resumed_at = (int(text2.split(" at step ")[1].split(".")[0])
