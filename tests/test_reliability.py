@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, mirrored
+from conftest import ROOT, mirrored, scalars
 from tfgan_eff.objectives.base import Term
 from tfgan_eff.training import checkpoints
 from tfgan_eff.training import trainer as trainer_lib
@@ -96,7 +96,7 @@ def test_nan_stops_the_run_and_nothing_nonfinite_is_saved(tiny_gin, tmp_path):
     assert [json.loads(line)["step"] for line in f] == [1, 2]
 
 
-@pytest.mark.parametrize("phase,replicas", [("d", 2)])
+@pytest.mark.parametrize("phase,replicas", [("d", 2), pytest.param("g", 1, marks=pytest.mark.slow)])
 def test_skip_step_skips_a_nonfinite_update_everywhere_and_trains_on(tiny_gin, tmp_path,
                                                                      phase, replicas):
   # G step 1 (of 0..3) is NaN in one loss; with 2 replicas only on replica 1: both skip.
@@ -130,7 +130,6 @@ def test_skip_step_skips_a_nonfinite_update_everywhere_and_trains_on(tiny_gin, t
     assert not np.array_equal(a, b)
   saved = checkpoints.checkpoint_paths(str(tmp_path / "checkpoints"))
   assert [os.path.basename(p) for p in saved] == ["ckpt-4"] and _all_finite(saved[0])
-  from conftest import scalars  # pylint: disable=import-outside-toplevel
   assert scalars(str(tmp_path))["skipped_updates"] == (k if phase == "d" else 1)
 
 
