@@ -28,15 +28,15 @@ FLAGS = flags.FLAGS
 def main(argv):
   from tfgan_eff.data import Digits, ImageData  # pylint: disable=import-outside-toplevel
   from tfgan_eff.eval.evaluator import Evaluator  # pylint: disable=import-outside-toplevel
-  from tfgan_eff.training import trainer  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
   real = ImageData(Digits(), resolution=32, channels=1, classes=[FLAGS.target_class])
   evaluator = Evaluator(metrics=("fid", "kid"), num_samples=FLAGS.num_samples,
                         feature_extractor="digits", num_runs=FLAGS.num_runs)
   out = {}
   for model_dir in argv[1:]:
-    gan, step = trainer.load_gan(model_dir)
+    gan, step = runs.load_gan(model_dir)
     seeds = iter(range(10_000, 10_000_000, 2))
-    res = evaluator.evaluate(lambda n: trainer.generate_uint8(gan, n, 100, next(seeds)),
+    res = evaluator.evaluate(lambda n: runs.generate_uint8(gan, n, 100, next(seeds)),
                              real.eval_batches, real.name)
     out[model_dir] = {"step": step, **{k: float(v) for k, v in res.items()
                                        if k.split("_")[0] in ("fid", "kid", "num")}}

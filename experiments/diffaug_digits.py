@@ -56,7 +56,7 @@ def train(name, extra):
 
 def read_curves(model_dir):
   """{tag: {step: value}} of the CURVES scalars of a run."""
-  from tfgan_eff.training.trainer import read_scalars  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.io import read_scalars  # pylint: disable=import-outside-toplevel
   return {tag.split("/")[-1]: values for tag, values in read_scalars(model_dir).items()
           if tag.split("/")[-1] in CURVES}
 
@@ -76,8 +76,8 @@ def analyse(model_dir, all_digits, train_mask):
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tfgan_eff.eval.evaluator import Evaluator  # pylint: disable=import-outside-toplevel
-  from tfgan_eff.training import trainer  # pylint: disable=import-outside-toplevel
-  gan, step = trainer.load_gan(model_dir)
+  from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
+  gan, step = runs.load_gan(model_dir)
   images = all_digits.images
   # Unconditional D scores (no projection) so that reals and fakes are scored alike.
   real_train = d_logits(gan, images[train_mask])
@@ -90,7 +90,7 @@ def analyse(model_dir, all_digits, train_mask):
                         feature_extractor="digits")
   seeds = iter(range(10_000, 10_000_000, 2))
   metrics = evaluator.evaluate(
-      lambda n: trainer.generate_uint8(gan, n, 100, next(seeds)), all_digits.eval_batches,
+      lambda n: runs.generate_uint8(gan, n, 100, next(seeds)), all_digits.eval_batches,
       all_digits.name)
   r = {
       "step": step,

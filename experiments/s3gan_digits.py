@@ -51,7 +51,7 @@ def train(model_dir):
 
 def last_scalar(model_dir, tag):
   """(step, value) of the last logged value of a TensorBoard scalar (None if absent)."""
-  from tfgan_eff.training.trainer import read_scalars  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.io import read_scalars  # pylint: disable=import-outside-toplevel
   values = read_scalars(model_dir).get(tag)
   return (max(values), values[max(values)]) if values else None
 
@@ -91,8 +91,8 @@ def main(argv):
   if FLAGS.train:
     train(model_dir)
   from tfgan_eff.data import ImageData  # pylint: disable=import-outside-toplevel
-  from tfgan_eff.training import trainer  # pylint: disable=import-outside-toplevel
-  gan, step = trainer.load_gan(model_dir)
+  from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
+  gan, step = runs.load_gan(model_dir)
   data = ImageData()  # the run's data and label mask, from its parsed config.gin
   known = data.labels >= 0
   pred = head_predictions(gan, data.images)

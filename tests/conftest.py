@@ -63,6 +63,6 @@ def mirrored():
 
 def scalars(model_dir):
   """{last tag component: last value} of a run's numeric scalar summaries."""
-  from tfgan_eff.training.trainer import read_scalars  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.io import read_scalars  # pylint: disable=import-outside-toplevel
   return {tag.split("/")[-1]: values[max(values)]
           for tag, values in read_scalars(model_dir).items()}

@@ -13,6 +13,7 @@ from tfgan_eff.eval import evaluator as evaluator_lib
 from tfgan_eff.eval import features as features_lib
 from tfgan_eff.eval import inception as inception_lib
 from tfgan_eff.eval import metrics as m
+from tfgan_eff.io import to_uint8
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,7 +396,15 @@ def test_evaluator_with_fake_inception_and_gin(fake_inception, tmp_path):
 
 def test_to_uint8():
   x = np.array([-1.0, -0.999, 0.0, 0.5, 1.0, 3.0])
-  np.testing.assert_array_equal(features_lib.to_uint8(x), [0, 0, 128, 191, 255, 255])
+  np.testing.assert_array_equal(to_uint8(x), [0, 0, 128, 191, 255, 255])
+  assert isinstance(to_uint8(x), np.ndarray) and to_uint8(x).dtype == np.uint8
+  # Halves round up (stylegan2-ada's x * 127.5 + 128), not to even as tf.round would.
+  halves = np.array([0.5, 1.5, 2.5, 253.5, 254.5])
+  np.testing.assert_array_equal(to_uint8(halves, value_range=(0.0, 255.0)), [1, 2, 3, 254, 255])
+  # A tensor in gives a tensor out, in a tf.function too (the SavedModel's generate).
+  t = tf.function(to_uint8)(tf.constant(x, tf.float32))
+  assert tf.is_tensor(t) and t.dtype == tf.uint8
+  np.testing.assert_array_equal(t.numpy(), [0, 0, 128, 191, 255, 255])
 
 
 # ---------------------------------------------------------------------------------------

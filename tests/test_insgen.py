@@ -14,7 +14,8 @@ from tfgan_eff.heads.contrastive import InstanceHead, info_nce, replica_gather
 from tfgan_eff.objectives import InstanceDiscrimination
 from tfgan_eff.objectives.instance import default_queue_size
 from tfgan_eff.training.gan import GAN
-from tfgan_eff.training.trainer import Trainer, load_gan
+from tfgan_eff.training.runs import load_gan
+from tfgan_eff.training.trainer import Trainer
 from test_s3gan import TINY_OVERRIDES
 from test_training import LINEAR_ADAM
 

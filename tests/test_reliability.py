@@ -18,7 +18,9 @@ from conftest import ROOT, mirrored, scalars
 from tfgan_eff.objectives.base import Term
 from tfgan_eff.training import checkpoints
 from tfgan_eff.training import trainer as trainer_lib
-from tfgan_eff.training.trainer import DivergenceError, Trainer, load_gan
+from tfgan_eff.training.errors import DivergenceError, TrainingInterrupted
+from tfgan_eff.training.runs import load_gan
+from tfgan_eff.training.trainer import Trainer
 
 
 def _one_device():
@@ -291,7 +293,7 @@ def test_sigterm_during_the_final_save_waits_for_it(tiny_gin, tmp_path, monkeypa
     write_samples()
 
   monkeypatch.setattr(t, "_write_final_samples", signalled_meanwhile)
-  with pytest.raises(trainer_lib.TrainingInterrupted) as e:
+  with pytest.raises(TrainingInterrupted) as e:
     t.train()
   assert e.value.exit_code == 143 and e.value.step == 2
   assert [os.path.basename(p) for p in checkpoints.checkpoint_paths(

@@ -15,6 +15,7 @@ from tfgan_eff.augment import diffaugment
 from tfgan_eff.eval import evaluator as evaluator_lib
 from tfgan_eff.eval import features as features_lib
 from tfgan_eff.eval import memorisation as mem
+from tfgan_eff.io import to_uint8
 from tfgan_eff.rng import SampleRNG
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -250,10 +251,10 @@ def test_leaks_of_the_projects_diffaugment_are_found(mnist):
   _, x32, _ = mnist
   x = tf.constant(x32[:1000].astype(np.float32) / 127.5 - 1.0)
   rng = SampleRNG([0, 0])
-  cut = mem.augmentation_leak(features_lib.to_uint8(diffaugment.cutout(x, rng)))
+  cut = mem.augmentation_leak(to_uint8(diffaugment.cutout(x, rng)))
   # 16 px cutouts centred anywhere; ~(19/33)² of them keep a 15 px square inside the image.
   assert 0.28 < cut["leak_square"] < 0.39 and cut["leak_border"] < 0.05
-  moved = mem.augmentation_leak(features_lib.to_uint8(diffaugment.translation(x, rng)))
+  moved = mem.augmentation_leak(to_uint8(diffaugment.translation(x, rng)))
   # Shifts in {-4..4} per axis; a band of >= 2 px in either axis: 1 - (3/9)² ≈ 0.89.
   assert 0.85 < moved["leak_border"] < 0.93 and moved["leak_square"] == 0.0
 

@@ -15,7 +15,8 @@ from conftest import ROOT
 from tfgan_eff import config
 from tfgan_eff import export as export_lib
 from tfgan_eff.training import checkpoints
-from tfgan_eff.training.trainer import Trainer, generate_uint8, load_gan
+from tfgan_eff.training.runs import generate_uint8, load_gan
+from tfgan_eff.training.trainer import Trainer
 
 
 def _one_device():

@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "1")
 
 
 def _user_errors():
-  from tfgan_eff.training.trainer import DivergenceError  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.training.errors import DivergenceError  # pylint: disable=import-outside-toplevel
   return (ValueError, OSError, DivergenceError)
 
 
@@ -44,7 +44,7 @@ def run(main):
   """absl's app.run(main) with the error handling above."""
 
   def wrapped(argv):
-    from tfgan_eff.training.trainer import TrainingInterrupted  # pylint: disable=import-outside-toplevel
+    from tfgan_eff.training.errors import TrainingInterrupted  # pylint: disable=import-outside-toplevel
     prog = os.path.basename(sys.argv[0])
     # The training loop installs its own handler (finish the step, save); outside it a
     # SIGTERM ends the tool like Ctrl-C does, with the exit code schedulers expect.

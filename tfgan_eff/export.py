@@ -4,13 +4,13 @@ The exported module has one function,
 
     generate(z, labels=None, truncation_psi=1.0, noise_mode="const")
 
-returning uint8 images [B, H, W, C], traced for every combination of the optional inputs,
-and a `serving_default` signature taking all inputs for TF Serving and `saved_model_cli`.
+returning uint8 images [B, H, W, C] (quantized by `io.to_uint8`, as every image this library
+writes), traced for every combination of the optional inputs, and a `serving_default`
+signature taking all inputs for TF Serving and `saved_model_cli`.
 
 * `truncation_psi` is the one truncation knob for every backbone, with the meaning of the
   generators' `truncation` argument: 1.0 is none and 0.0 the mean image. BigGAN scales z
-  by ψ; StyleGAN2 moves w towards its running average, w_avg + ψ (w − w_avg). (Exports
-  written before StyleGAN2 named it `truncation`; positional calls work with both.)
+  by ψ; StyleGAN2 moves w towards its running average, w_avg + ψ (w − w_avg).
 * `noise_mode` exists only for generators with noise inputs (StyleGAN2; `m.has_noise` is
   1): "const" (the default) uses each layer's fixed noise buffer, so the same z always
   gives the same image; "random" draws fresh noise at every call; "none" adds no noise.
@@ -28,6 +28,7 @@ import tempfile
 
 import tensorflow as tf
 
+from tfgan_eff.io import to_uint8
 from tfgan_eff.rng import SampleRNG, sample_in_batches
 
 NOISE_MODES = ("const", "random", "none")
@@ -84,13 +85,11 @@ class GeneratorModule(tf.Module):
     if noise:
       @tf.function
       def generate(z, labels=None, truncation_psi=1.0, noise_mode="const"):
-        x = run(z, labels, truncation_psi, noise_mode)
-        return tf.cast(tf.clip_by_value(tf.round((x + 1.0) * 127.5), 0, 255), tf.uint8)
+        return to_uint8(run(z, labels, truncation_psi, noise_mode))
     else:
       @tf.function
       def generate(z, labels=None, truncation_psi=1.0):
-        x = run(z, labels, truncation_psi, None)
-        return tf.cast(tf.clip_by_value(tf.round((x + 1.0) * 127.5), 0, 255), tf.uint8)
+        return to_uint8(run(z, labels, truncation_psi, None))
 
     self.generate = generate
     label_options = [None, y] if conditional else [None]
@@ -137,7 +136,7 @@ def sampler(exported, truncation_psi=1.0, batch_size=100):
   """(n, seed) -> n uint8 samples [n, H, W, C] of an export (a path or a loaded module).
 
   Labels are uniform over the classes. For the same seed it feeds the same latents and
-  labels as `trainer.generate_uint8` does the run's EMA generator
+  labels as `runs.generate_uint8` does the run's EMA generator
   (`rng.sample_in_batches`), so an export and its checkpoint evaluate to the same numbers
   (`bin/eval --saved_model`).
   """

@@ -51,6 +51,7 @@ import numpy as np
 from absl import logging
 
 from tfgan_eff.config import PROJECT_ROOT, configurable
+from tfgan_eff.io import atomic_write, image_grid, write_png
 
 CELL_FILE = "cell.json"
 EVAL_FILE = "study_eval.jsonl"
@@ -64,13 +65,6 @@ def _fmt_duration(seconds):
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
-def atomic_write(path, text):
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 # -- the spec --------------------------------------------------------------------------------
@@ -456,12 +450,12 @@ class _CellEvaluation:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tfgan_eff.data import ImageData  # pylint: disable=import-outside-toplevel
     from tfgan_eff.eval.memorisation import augmentation_leak  # pylint: disable=import-outside-toplevel
-    from tfgan_eff.training import trainer  # pylint: disable=import-outside-toplevel
+    from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
     self.ev, self.model_dir = ev, model_dir
-    trainer.parse_run_config(model_dir)
+    runs.parse_run_config(model_dir)
     self.batch = int(_query("Trainer.batch_size", 64))
     self.data = ImageData()
-    self.gan, self.ckpt, self.step_var = trainer.build_run()
+    self.gan, self.ckpt, self.step_var = runs.build_run()
     self.kimg_per_step = self.gan.disc_iters * self.batch / 1000.0
     self.train_images = self.data.images
     self.train_labels = self.data.true_labels
@@ -485,7 +479,7 @@ class _CellEvaluation:
     self._tf = tf
 
   def samples(self, n, seed):
-    from tfgan_eff.training.trainer import generate_uint8  # pylint: disable=import-outside-toplevel
+    from tfgan_eff.training.runs import generate_uint8  # pylint: disable=import-outside-toplevel
     return generate_uint8(self.gan, n, self.ev.batch_size, seed)
 
   def score(self, step, path):
@@ -544,7 +538,6 @@ class _CellEvaluation:
     return row
 
   def write_grid(self):
-    from tfgan_eff.training.trainer import image_grid, write_png  # pylint: disable=import-outside-toplevel
     samples = self.samples(self.ev.grid_samples, self.ev.seed + 7)
     write_png(os.path.join(self.model_dir, GRID_FILE), image_grid(samples))
 

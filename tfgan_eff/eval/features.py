@@ -26,22 +26,6 @@ from absl import logging
 DEFAULT_CACHE_DIR = "~/.cache/tfgan_eff"
 
 
-def to_uint8(images, value_range=(-1.0, 1.0)):
-  """Quantizes float images (default range [-1, 1]) to uint8 the way images are saved.
-
-  v = floor((x − lo) / (hi − lo) · 255 + 0.5), clipped to [0, 255]: round-half-up, which
-  equals stylegan2-ada's `(x * 127.5 + 128).clamp(0, 255).to(uint8)` for [-1, 1] inputs.
-  Evaluate quantized images: real images are uint8 too, and metrics computed on
-  unquantized floats are not comparable (see docs on FID pitfalls).
-  """
-  if hasattr(images, "numpy"):
-    images = images.numpy()
-  x = np.asarray(images, np.float32)
-  lo, hi = value_range
-  v = np.floor((x - lo) * (255.0 / (hi - lo)) + 0.5)
-  return np.clip(v, 0, 255).astype(np.uint8)
-
-
 def as_uint8_batch(images, who="feature extractor"):
   """Validates a batch of uint8 images [B, H, W, C]; drops alpha (C = 2 or 4)."""
   if hasattr(images, "numpy"):

@@ -15,8 +15,6 @@ orthogonal init everywhere, spectral norm in G and D, sum pooling and projection
 first D block without pre-activation ReLU (inputs are in [-1, 1]).
 """
 
-import math
-
 import keras
 import tensorflow as tf
 
@@ -236,7 +234,3 @@ class BigGANDiscriminator(keras.Model):
     if y is not None and self.num_classes:
       logits = logits + self.project(features, y, training=training)
     return {"logits": logits, "features": features, "feature_map": fmap}
-
-
-def count_params(model):
-  return int(sum(math.prod(v.shape) for v in model.trainable_variables))

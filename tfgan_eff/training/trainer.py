@@ -21,34 +21,12 @@ import tensorflow as tf
 from absl import logging
 
 from tfgan_eff.config import configurable
+from tfgan_eff.io import atomic_write, image_grid, to_uint8, write_png
+from tfgan_eff.params import count_params
 from tfgan_eff.rng import sample_in_batches
 from tfgan_eff.training import checkpoints
+from tfgan_eff.training.errors import DivergenceError, TrainingInterrupted
 from tfgan_eff.training.gan import GAN
-
-
-def _umask():
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give: readable by TensorBoard, colleagues
-
-
-def atomic_write(path, data, mode="w"):
-  """Writes a file so that readers see the old or the new content, never a part."""
-  d = os.path.dirname(path) or "."
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, mode) as f:
-      f.write(data)
-    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 @gin.configurable
@@ -86,33 +64,6 @@ def make_strategy(kind="auto", tpu_address=None):
                    f"tpu; got '{kind}'.")
 
 
-def _to_uint8(images):
-  return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0, 255), tf.uint8)
-
-
-def image_grid(images, cols=None):
-  """uint8 [N, H, W, C] -> one uint8 [rows·H, cols·W, C] grid."""
-  images = np.asarray(images)
-  n, h, w, c = images.shape
-  cols = cols or int(np.ceil(np.sqrt(n)))
-  rows = int(np.ceil(n / cols))
-  grid = np.zeros([rows * h, cols * w, c], np.uint8)
-  for i in range(n):
-    r, q = divmod(i, cols)
-    grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
-  return grid
-
-
-def write_png(path, grid):
-  atomic_write(path, tf.io.encode_png(grid).numpy(), mode="wb")
-
-
-def generate_uint8(gan, n, batch_size=64, seed=0, truncation=1.0):
-  """n samples of the EMA generator as uint8 numpy [n, H, W, C]; labels uniform."""
-  return sample_in_batches(lambda z, y: _to_uint8(gan.generate(z, y, truncation)), n,
-                           gan.G.z_dim, gan.num_classes, batch_size, seed)
-
-
 def _check_int(owner, name, value, minimum, allow_none=False, meaning=""):
   """One-line error naming the setting and the fix unless `value` is an int >= minimum."""
   if value is None and allow_none:
@@ -142,27 +93,12 @@ def check_model_dir(model_dir, setting="Trainer.model_dir"):
                      f"folder); pass a folder you can write to.")
 
 
-class TrainingInterrupted(Exception):
-  """Training stopped on SIGTERM/SIGINT after saving a checkpoint (resume by re-running)."""
-
-  def __init__(self, signum, step, checkpoint):
-    self.signum, self.step, self.checkpoint = signum, step, checkpoint
-    self.exit_code = 128 + signum
-    name = signal.Signals(signum).name
-    super().__init__(f"Interrupted by {name} at step {step}; saved {checkpoint}. Re-run the "
-                     f"same command to resume from it.")
-
-
 def _scratch_dir(prefix):
   """A temporary folder for what a non-chief worker must write but nobody reads (its
   checkpoints, summaries); removed when the process exits (not after SIGKILL)."""
   path = tempfile.mkdtemp(prefix=prefix)
   atexit.register(shutil.rmtree, path, ignore_errors=True)
   return path
-
-
-class DivergenceError(RuntimeError):
-  """A loss or gradient became non-finite; nothing of that step was saved."""
 
 
 # With on_nonfinite='skip_step', this many steps in a row with a skipped update end the run.
@@ -359,7 +295,7 @@ class Trainer:
 
   def samples(self, n):
     z, y = self.fixed_inputs(n)
-    return _to_uint8(self.gan.generate(z, y)).numpy()
+    return to_uint8(self.gan.generate(z, y)).numpy()
 
   # -- the loop ----------------------------------------------------------------------------
   def restore(self):
@@ -524,14 +460,13 @@ class Trainer:
 
   def parameter_counts(self):
     """{name: count}: trainable and non-trainable (frozen weights, buffers) of G, D, terms."""
-    size = lambda vs: int(sum(np.prod(v.shape) for v in vs))  # noqa: E731
     g, d = self.gan.G, self.gan.D
     term_vars = self.gan.d_variables()[len(d.trainable_variables):]
-    return {"G trainable": size(g.trainable_variables),
-            "G non-trainable": size(g.non_trainable_variables),
-            "D trainable": size(d.trainable_variables),
-            "D non-trainable": size(d.non_trainable_variables),
-            "heads (trained with D)": size(term_vars)}
+    return {"G trainable": count_params(g.trainable_variables),
+            "G non-trainable": count_params(g.non_trainable_variables),
+            "D trainable": count_params(d.trainable_variables),
+            "D non-trainable": count_params(d.non_trainable_variables),
+            "heads (trained with D)": count_params(term_vars)}
 
   def _periodic(self, step, metrics, times, per_step):
     last = step == self.train_steps
@@ -620,7 +555,7 @@ class Trainer:
       seen["finite"] &= bool(tf.reduce_all(tf.math.is_finite(x)))
       seen["lo"] = min(seen["lo"], float(tf.reduce_min(x)))
       seen["hi"] = max(seen["hi"], float(tf.reduce_max(x)))
-      return _to_uint8(x)
+      return to_uint8(x)
 
     images = sample_in_batches(generate, n, self.gan.G.z_dim, self.gan.num_classes,
                                self.batch_size, seed)
@@ -635,58 +570,3 @@ class Trainer:
       write_png(os.path.join(self.model_dir, "samples.png"),
                 image_grid(self.samples(self.num_samples_grid)))
 
-
-def read_scalars(model_dir):
-  """{tag: {step: value}} of the numeric scalars a run wrote to TensorBoard (`train/`).
-
-  >>> read_scalars("runs/quickstart")["eval/fid"]   # {200: 156.6, 400: 101.7, ...}
-  """
-  out = {}
-  events = os.path.join(model_dir, "train")
-  for name in sorted(os.listdir(events)):
-    for e in tf.compat.v1.train.summary_iterator(os.path.join(events, name)):
-      for v in e.summary.value:
-        value = tf.make_ndarray(v.tensor)
-        if value.ndim == 0 and value.dtype.kind in "fiu":
-          out.setdefault(v.tag, {})[e.step] = float(value)
-  return out
-
-
-def parse_run_config(model_dir):
-  """Makes a run's saved gin config (its `config.gin`) the current one; -> model_dir."""
-  model_dir = os.path.expanduser(model_dir)
-  cfg = os.path.join(model_dir, "config.gin")
-  if not os.path.exists(cfg):
-    raise FileNotFoundError(f"'{model_dir}' is not a tfgan_eff run directory (no config.gin). "
-                            f"Pass the --model_dir that bin/train wrote.")
-  import tfgan_eff.configurables  # noqa: F401  pylint: disable=import-outside-toplevel
-  from tfgan_eff import config  # pylint: disable=import-outside-toplevel
-  gin.clear_config()
-  config.parse([cfg], [])
-  return model_dir
-
-
-def build_run():
-  """The GAN of the current gin config (`parse_run_config` first) and the checkpoint
-  object to restore any of its run's checkpoints into: (gan, ckpt, step variable)."""
-  gan = GAN()
-  g = gan.G
-  gan.build(1, (g.resolution, g.resolution, g.channels))
-  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  best_fid = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="best_fid")
-  ckpt = tf.train.Checkpoint(step=step, best_fid=best_fid, **gan.checkpoint_items())
-  return gan, ckpt, step
-
-
-def load_gan(model_dir, checkpoint_path=None):
-  """Rebuilds the GAN of a run from its saved gin config and restores its checkpoint.
-
-  Returns (gan, step). Uses the default strategy; data is not loaded.
-  """
-  model_dir = parse_run_config(model_dir)
-  gan, ckpt, step = build_run()
-  if checkpoint_path:
-    checkpoints.restore(ckpt, checkpoint_path)
-  elif not checkpoints.restore_latest(ckpt, os.path.join(model_dir, "checkpoints")):
-    raise FileNotFoundError(f"No checkpoint in '{model_dir}/checkpoints'. Train first.")
-  return gan, int(step.numpy())

@@ -46,7 +46,6 @@ smaller style-based network; `high_level="reinit"` is the closest choice.
 """
 
 import contextlib
-import math
 import re
 
 import gin
@@ -58,15 +57,12 @@ from absl import logging
 from tfgan_eff.config import configurable
 from tfgan_eff.models import layers
 from tfgan_eff.objectives.base import Term
+from tfgan_eff.params import count_params as _count
 from tfgan_eff.training import checkpoints
 from tfgan_eff.transfer import sources
 
 HIGH_LEVEL = ("finetune", "reinit")
 OUTPUT_LAYERS = ("conv_out",)  # BigGAN's output conv: frozen, not modulated (as conv_img)
-
-
-def _count(variables):
-  return int(sum(math.prod(v.shape) for v in variables))
 
 
 def _is_stylegan2(model):
