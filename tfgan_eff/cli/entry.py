@@ -1,7 +1,7 @@
-"""How the bin/ tools end: a user's mistake is one line naming the fix, not a traceback.
+"""How the tools end: a user's mistake is one line naming the fix, not a traceback.
 
-    from tfgan_eff import entry
-    entry.run(main)          # instead of absl.app.run(main)
+    from tfgan_eff.cli import entry
+    entry.run(main, __name__)          # instead of absl.app.run(main)
 
 Errors the user can cause (a bad setting, a missing file, a damaged or mismatched
 checkpoint, a diverged run) print `<tool>: error: <message>` and exit 1; set
@@ -14,6 +14,8 @@ import signal
 import sys
 
 from absl import app
+
+from tfgan_eff.cli import adopt_help
 
 TRACEBACK_ENV = "TFGAN_EFF_TRACEBACK"
 
@@ -40,8 +42,10 @@ def _on_sigterm(signum, frame):
   raise _Terminated()
 
 
-def run(main):
-  """absl's app.run(main) with the error handling above."""
+def run(main, tool=None):
+  """absl's app.run(main) with the error handling above; `tool`: see `cli.adopt_help`."""
+  if tool:
+    adopt_help(tool)
 
   def wrapped(argv):
     from tfgan_eff.training.errors import TrainingInterrupted  # pylint: disable=import-outside-toplevel

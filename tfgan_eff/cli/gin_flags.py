@@ -1,10 +1,7 @@
-"""Shared plumbing of the bin/ entry points: gin flags, logging, TF start-up."""
+"""The gin flags of the tools that train (train, benchmark): --gin_file, --gin_param,
+--model_dir, and `setup()`, which parses them."""
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import flags, logging  # noqa: E402
+from absl import flags, logging
 
 flags.DEFINE_multi_string("gin_file", [], "gin config file(s); later ones override.")
 flags.DEFINE_multi_string("gin_param", [], "gin binding(s), e.g. 'Trainer.train_steps=100'.")

@@ -1,0 +1,36 @@
+"""Exports the EMA generator of a run as a SavedModel.
+
+  bin/export --model_dir=runs/quickstart --export_dir=runs/quickstart/export
+  saved_model_cli show --dir runs/quickstart/export --all
+"""
+
+import os
+
+from absl import flags, logging
+
+from tfgan_eff.cli import entry
+
+flags.DEFINE_string("model_dir", None, "Run directory written by bin/train.", required=True)
+flags.DEFINE_string("export_dir", None, "Where to write the SavedModel "
+                    "(default: <model_dir>/export).")
+flags.DEFINE_string("checkpoint", None, "A specific checkpoint (default: the latest).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from tfgan_eff import export  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.training.runs import load_gan  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.INFO)
+  gan, step = load_gan(FLAGS.model_dir, FLAGS.checkpoint)
+  out = export.export(gan.G_ema, FLAGS.export_dir or os.path.join(FLAGS.model_dir, "export"))
+  logging.info("Exported the EMA generator of step %d to %s", step, out)
+
+
+def run():
+  """`tfgan-export` and bin/export."""
+  entry.run(main, __name__)
+
+
+if __name__ == "__main__":
+  run()
