@@ -1,71 +1,25 @@
-"""ADA (Karras et al., NeurIPS 2020): an augmentation pipeline whose probability p is tuned
-online from the discriminator's overfitting signal r_t = E[sign(D(T(reals)))].
+"""ADA (Karras et al., NeurIPS 2020): stylegan2-ada's augmentation pipeline, with its
+probability p tuned online from the discriminator's overfitting signal r_t = E[sign(D(T(reals)))].
 
-Pipeline (`AdaptiveAugment.__call__`)
--------------------------------------
-Every op has its own gate: for each image and each op, the op is applied if u < p with
-u ~ U[0, 1) drawn per sample (as stylegan2-ada). Groups run in this fixed order, whatever
-the order in the `pipeline` string:
+    GAN.augment = @AdaptiveAugment()
+    AdaptiveAugment.pipeline = 'bgc'      # blit + geom + color; 'bgc,cutout', 'bg', 'b', ...
+    AdaptiveAugment.mode = 'adaptive'     # or 'linear', 'fixed'; target r_t 0.6
 
-  blit    x-flip (half the gated images), k·90° rotation (k uniform in 0..3; for non-square
-          images only 180°), integer translation by round(U(-1, 1)·xint_max·size) pixels per
-          axis with reflect fill. Exact (gathers), no interpolation.
-  geom    isotropic scale 2^N(0, scale_std); rotation U(-1, 1)·π·rotate_max applied before and
-          after the anisotropic scale, each with p_rot = 1 - sqrt(1 - p) (so that a rotation
-          happens with probability about p); anisotropic scale (s, 1/s), s = 2^N(0, aniso_std);
-          fractional translation N(0, xfrac_std)·size. Composed into one affine matrix and
-          applied with ONE bilinear warp with reflect extension (`warp.affine_warp`).
-  color   brightness + N(0, brightness_std); contrast ·2^N(0, contrast_std) (about 0, i.e.
-          mid-grey); luma flip (Householder reflection about the grey axis, half the gated
-          images); hue rotation about the grey axis by U(-1, 1)·π·hue_max; saturation
-          ·2^N(0, saturation_std) away from the grey axis. Composed into one colour matrix.
-          RGB (C = 3) gets the full matrix. Grayscale (C = 1) gets the matrix's action on grey
-          pixels, which is exact because every op maps grey to grey: brightness, contrast and
-          luma flip (= negation) apply, hue and saturation are the identity. Other channel
-          counts raise ValueError.
-  cutout  a zeroed rectangle of cutout_size × the image size, centre uniform in the image
-          (may hang over the border).
+Pipeline (`AdaptiveAugment.__call__`): every op is gated per sample (applied when u < p),
+and the groups run in this order whatever the order of the `pipeline` string: blit (x-flip,
+90° rotations, integer translation; exact gathers), geom (isotropic and anisotropic scale,
+rotation, fractional translation: one affine matrix, one bilinear warp with reflect
+extension), color (brightness, contrast, luma flip, hue, saturation: one colour matrix;
+grayscale images get its action on grey pixels), cutout. The warp is our own gather-based
+sampler (`warp.affine_warp`): TF's gradient of `ImageProjectiveTransformV3` is not the
+adjoint of its forward op.
 
-The `pipeline` argument is a comma-separated list of group names, "blit", "geom", "color",
-"cutout", where a token made only of the letters b, g, c is read as blit/geom/color like the
-reference presets: "bgc" (default) = blit + geom + color, "bg", "b", "bgc,cutout",
-"geom,color". Omitted from the reference: the wavelet image filter and additive noise ('f',
-'n'), and the 2x oversampling with sym6 anti-aliasing filters around the warp (a plain
-bilinear warp aliases a little when it shrinks the image).
+Controller (`AdaptiveAugment.update`, once per D step in replica context): every `interval`
+D steps p moves by sign(r_t − target) · global_batch · interval / (speed_kimg · 1000),
+clipped to [0, p_max]. p, r_t and the accumulators are checkpointed with the GAN.
 
-Why a gather-based warp, and the measured gradient error of TF's op
--------------------------------------------------------------------
-TF's registered gradient for `ImageProjectiveTransformV3` re-warps the upstream gradient
-with the inverse transform; it is not the adjoint of the forward op. Measured here (TF 2.21,
-CPU) on one 8×8×1 image, rotation by 0.5 rad combined with a zoom, comparing the gradient TF
-gives (`tape.jacobian`) with the forward op's dense matrix A (the forward pass applied to
-every basis image; the op is linear in the image), relative Frobenius error ||J_tf - A||/||A||:
-
-                          zoom in ×1.2    zoom out ×0.8
-  BILINEAR + REFLECT         61 %             59 %
-  BILINEAR + CONSTANT        26 %             38 %
-  (NEAREST + CONSTANT with an integer shift is exact.)
-
-So the geom group uses `warp.affine_warp` / `warp.bilinear_sample_reflect` instead: bilinear
-interpolation of the symmetrically reflected image from four `tf.gather`s. Its forward output
-equals `ImageProjectiveTransformV3(interpolation="BILINEAR", fill_mode="REFLECT")` (to float32
-rounding), and its gradient is the exact adjoint: the same measurement gives 0.0 error.
-`tests/test_augment.py` checks both. It also works under XLA and in float16/bfloat16.
-
-Controller (`AdaptiveAugment.update`)
--------------------------------------
-Called once per D step in replica context with this replica's logits on augmented reals.
-The sum of sign(logits) and the count are all-reduced over replicas and accumulated; every
-`interval` calls, r_t = accumulated sum / count and (mode "adaptive")
-
-    p <- clip(p + sign(r_t - target) · global_batch · interval / (speed_kimg · 1000), 0, p_max)
-
-then the accumulators are reset (stylegan2-ada: target 0.6, interval 4, 500 kimg, except
-that p is clipped to p_max, 1 by default, instead of growing without bound). Mode "linear":
-p = p_max · min(step / linear_total_steps, 1). Mode "fixed": p stays at initial_p. r_t is
-tracked in every mode. The state is non-trainable float32 variables (synchronization
-ON_WRITE, aggregation ONLY_FIRST_REPLICA), so it is checkpointed with the GAN and can be
-assigned in replica context; `aug.p.assign(v)` sets p by hand.
+Every op and its strength, the measured gradient error of TF's warp, and what differs from
+the reference: docs/architecture.md, "ADA pipeline and controller".
 """
 
 import math

@@ -6,43 +6,16 @@ one, freeze the low-level filters, learn a per-kernel scale and shift for them.
     GAN.terms = [@Adversarial(), @AdaFMMonitor()]
 
 `GAN.build` calls the transfer once G, G_ema and D exist and before the optimizers are
-built, so frozen variables never get optimizer slots. In order:
+built, so frozen variables never get optimizer slots. It (1) loads every target variable by
+name from the source, all checked before any is assigned (a missing name or a different
+shape fails naming the tensor), (2) freezes the low-level layers of G, G_ema and D, whose
+spectral norms keep the source's σ, and (3) gives every 3x3 convolution of the low-level G
+layers an `AdaFM` kernel transform, Ŵ = γ ⊙ W + β with γ = 1, β = 0 at the start. γ and β
+get no gradient before G step `adafm_start_step`.
 
-1. Load. Every target variable is read by name from the source (its `G_ema`, or `G`, and
-   `D`), all checked before any is assigned; a missing name or a different shape fails
-   naming the first such tensor. Not loaded: the layers in `g_reinit` / `d_reinit` (by
-   default the class embedding of G, and D's final linear layer and projection), and with
-   `high_level="reinit"` every G layer that is not low-level.
-   Block mapping when the source has more blocks (a higher resolution): G blocks are
-   aligned from the output side (the target's last block takes the source's last block,
-   and so on towards the input; BigGAN attention layers follow their blocks), D blocks
-   from the input side (the target's fromRGB/first block takes the source's first block);
-   StyleGAN2's 4x4 (const) block maps to itself, and its fixed-noise buffers of a block
-   taken from another resolution keep their fresh values; every other layer keeps its
-   name. Tensors must then have equal shapes.
-2. Freeze. The low-level layers of G (and G_ema) and of D get `trainable = False`; their
-   spectral norms stop the power iteration (`freeze_sigma`), so σ stays what the source
-   used at inference. Batch-norm moving statistics in frozen BigGAN blocks keep being
-   re-estimated on the target data (they are not trained, and training-mode BN uses batch
-   statistics anyway).
-3. Wrap. Every 3x3 convolution of the low-level G layers gets an `AdaFM` kernel transform
-   (γ = 1, β = 0, [1, 1, in, out]): Ŵ = γ ⊙ W/σ + β (BigGAN) or γ ⊙ W + β on the stored
-   StyleGAN2 base weight, before the equalized-lr scale, modulation and demodulation.
-   1x1 shortcuts, toRGB and BigGAN's output conv are not modulated (as the reference's
-   `conv_s` and `conv_img`). D's frozen blocks are
-   only frozen (FreezeD-style, as the reference) unless `adafm_d=True`. G_ema gets the
-   same wrappers, so `G.weights` and `G_ema.weights` still pair up for the EMA.
-
-`adafm_start_step`: γ and β get no gradient before this G step (the reference: 10,000).
-The gate reads the G optimizer's iteration count (= completed G steps, restored with the
-checkpoint), so it needs no state of its own. Caveat: Keras' Adam shares one step count
-over all variables, so when γ/β start late their Adam moments start from zero with the
-bias correction already ≈ 1: with beta_2 = 0.999 their first updates are up to
-(1 - beta_1)/sqrt(1 - beta_2) ≈ 32x lr (PyTorch's per-parameter step count avoids that).
-
-Differences from the reference: the high-level G layers keep the target architecture
-(fine-tuned from the source or re-initialized with it), where the paper trains a new,
-smaller style-based network; `high_level="reinit"` is the closest choice.
+Which layers are re-initialized, how blocks map across resolutions, which convolutions are
+wrapped, the Adam caveat of a late start and what differs from the reference:
+docs/architecture.md, "AdaFM transfer, step by step".
 """
 
 import contextlib
