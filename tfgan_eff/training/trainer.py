@@ -2,7 +2,7 @@
 
 It asks the GAN for `d_step` / `g_step` inside `strategy.run`, sums the metrics over
 replicas, and writes them. Swapping BigGAN for StyleGAN2 or adding InsGen never touches
-this file.
+this file. Loading a trained run back (tools, studies): `training/runs.py`.
 """
 
 import atexit
@@ -569,4 +569,3 @@ class Trainer:
     if self.is_chief:
       write_png(os.path.join(self.model_dir, "samples.png"),
                 image_grid(self.samples(self.num_samples_grid)))
-
