@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from tfgan_eff.config import configurable
 from tfgan_eff.objectives.adversarial import Adversarial
+from tfgan_eff.objectives.base import Term
 from tfgan_eff.rng import SampleRNG
 from tfgan_eff.training import checkpoints
 from tfgan_eff.training.context import StepContext
@@ -80,6 +81,10 @@ class GAN(tf.Module):
     self._discriminator_factory = discriminator
     self.D = discriminator(name="discriminator")
     self.terms = list(terms) if terms is not None else [Adversarial()]
+    for t in self.terms:
+      if not isinstance(t, Term):
+        raise TypeError(f"GAN.terms holds {t!r}, which is not a loss term (a subclass of "
+                        f"tfgan_eff.objectives.base.Term); list terms such as @Adversarial().")
     self.augment = augment
     self.g_optimizer = g_optimizer or adam()
     self.d_optimizer = d_optimizer or adam()
@@ -108,7 +113,7 @@ class GAN(tf.Module):
   def d_variables(self):
     vs = list(self.D.trainable_variables)
     for t in self.terms:
-      vs += list(getattr(t, "d_variables", lambda: [])())
+      vs += list(t.d_variables())
     return vs
 
   def g_variables(self):
