@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from conftest import ROOT
 from tfgan_eff import config
+from tfgan_eff.augment import Identity
 from tfgan_eff.heads import LinearHead, uses_spectral_norm
 from tfgan_eff.models.biggan import BigGANDiscriminator
 from tfgan_eff.objectives import Adversarial, ClassifierTerm, RotationTerm, semi_supervised
@@ -250,7 +251,7 @@ def _step_ctx(d, terms, labels, phase="d"):
   b = len(labels)
   x = tf.random.stateless_uniform([b, 32, 32, 1], seed=[3, 4], minval=-1.0, maxval=1.0)
   fakes = tf.random.stateless_uniform([b, 32, 32, 1], seed=[5, 6], minval=-1.0, maxval=1.0)
-  gan = types.SimpleNamespace(num_classes=10, D=d, terms=terms, augment=None)
+  gan = types.SimpleNamespace(num_classes=10, D=d, terms=terms, augment=Identity())
   labels = tf.constant(labels, tf.int32)
   ctx = StepContext(
       gan=gan, phase=phase, step=tf.constant(0, tf.int64), d_step=tf.constant(0, tf.int64),

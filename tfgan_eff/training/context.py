@@ -53,8 +53,7 @@ class StepContext:
     return tf.cast(value, tf.float32) / self.num_replicas
 
   def _augment(self, x, seed):
-    rng = SampleRNG(seed, self.rng.global_batch, self.rng.offset)
-    return self.gan.augment(x, rng) if self.gan.augment is not None else x
+    return self.gan.augment(x, SampleRNG(seed, self.rng.global_batch, self.rng.offset))
 
   def augment_reals(self, x):
     """The augmentation draw of this step's reals (repeatable, e.g. for R1)."""
@@ -66,4 +65,4 @@ class StepContext:
 
   def augment_with(self, x, rng: SampleRNG):
     """A fresh augmentation draw from `rng` (e.g. a second view for contrastive terms)."""
-    return self.gan.augment(x, rng) if self.gan.augment is not None else x
+    return self.gan.augment(x, rng)

@@ -24,6 +24,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from tfgan_eff.augment.base import Augmenter, Identity
 from tfgan_eff.config import configurable
 from tfgan_eff.objectives.adversarial import Adversarial
 from tfgan_eff.objectives.base import Term
@@ -54,7 +55,8 @@ class GAN(tf.Module):
       and for its EMA copy.
     discriminator: a discriminator class or factory (gin: `@BigGANDiscriminator`).
     terms: loss terms; default `[Adversarial()]`.
-    augment: a differentiable augmenter applied to reals and fakes in both steps, or None.
+    augment: an `Augmenter` applied to reals and fakes in both steps (gin:
+      `@DiffAugment()`, `@AdaptiveAugment()`); None: no augmentation (`Identity()`).
     g_optimizer, d_optimizer: Keras optimizers (gin: `@g/adam()`); default Adam(2e-4, 0, 0.999).
     disc_iters: D steps per G step, each with fresh data and noise.
     ema_decay: decay of the generator EMA; 0 disables it (G_ema tracks G).
@@ -85,7 +87,11 @@ class GAN(tf.Module):
       if not isinstance(t, Term):
         raise TypeError(f"GAN.terms holds {t!r}, which is not a loss term (a subclass of "
                         f"tfgan_eff.objectives.base.Term); list terms such as @Adversarial().")
-    self.augment = augment
+    self.augment = augment if augment is not None else Identity()
+    if not isinstance(self.augment, Augmenter):
+      raise TypeError(f"GAN.augment is {augment!r}, which is not an augmenter (a subclass of "
+                      f"tfgan_eff.augment.Augmenter); use @DiffAugment(), "
+                      f"@AdaptiveAugment() or None.")
     self.g_optimizer = g_optimizer or adam()
     self.d_optimizer = d_optimizer or adam()
     self.disc_iters = disc_iters
@@ -140,8 +146,7 @@ class GAN(tf.Module):
     ctx.d_fake = self.D(ctx.fakes, ctx.fake_labels, training=False)
     for t in self.terms:
       t.build(ctx)
-    if hasattr(self.augment, "build"):
-      self.augment.build(image_shape)
+    self.augment.build(image_shape)
     self.g_optimizer.build(self.g_variables())
     self.d_optimizer.build(self.d_variables())
     for e, w in zip(self.G_ema.weights, self.G.weights):
@@ -154,7 +159,7 @@ class GAN(tf.Module):
              "d_optimizer": self.d_optimizer}
     for i, t in enumerate(self.terms):
       items[f"term{i}_{t.name}"] = t
-    if isinstance(self.augment, tf.Module):
+    if isinstance(self.augment, tf.Module):  # an augmenter with state (ADA)
       items["augment"] = self.augment
     return {k: checkpoints.variables_by_path(v) for k, v in items.items()}
 
@@ -215,13 +220,11 @@ class GAN(tf.Module):
       self.d_optimizer.apply_gradients(zip(grads, variables))
       for t in self.terms:
         t.after_d_step(ctx)
-      if hasattr(self.augment, "update"):
-        self.augment.update(ctx.d_real["logits"], ctx.step, ctx.global_batch)
+      self.augment.update(ctx.d_real["logits"], ctx.step, ctx.global_batch)
 
     metrics["d_skipped"] = self._update(update, ctx, grads, total, metrics["d_grad_norm"])
-    if hasattr(self.augment, "metrics"):
-      for k, v in self.augment.metrics().items():
-        metrics[k] = ctx.scalar(v)
+    for k, v in self.augment.metrics().items():
+      metrics[k] = ctx.scalar(v)
     metrics["d_loss"] = total
     return metrics
 
