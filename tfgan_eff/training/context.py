@@ -28,9 +28,9 @@ class StepContext:
   true_labels: tf.Tensor        # int [b], for monitoring only
   z: tf.Tensor
   fake_labels: Optional[tf.Tensor]
-  fakes: tf.Tensor
-  real_aug_seed: tf.Tensor
-  fake_aug_seed: tf.Tensor
+  fakes: Optional[tf.Tensor] = None            # set by the step (G(z, fake_labels))
+  real_aug_seed: Optional[tf.Tensor] = None    # set by the step; the reals' augmentation draw
+  fake_aug_seed: Optional[tf.Tensor] = None    # set by the step; the fakes' augmentation draw
   real_labels_for_d: Optional[tf.Tensor] = None
   d_real: Optional[dict] = None
   d_fake: Optional[dict] = None
