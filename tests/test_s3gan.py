@@ -17,7 +17,7 @@ import tensorflow as tf
 from conftest import ROOT
 from tfgan_eff import config
 from tfgan_eff.augment import Identity
-from tfgan_eff.heads import LinearHead, uses_spectral_norm
+from tfgan_eff.heads import LinearHead
 from tfgan_eff.models.biggan import BigGANDiscriminator
 from tfgan_eff.objectives import Adversarial, ClassifierTerm, RotationTerm, semi_supervised
 from tfgan_eff.objectives.self_supervised import rotated_copies, rotation_rows
@@ -269,7 +269,7 @@ def test_rotation_term_feeds_each_orientation_with_its_label(tiny_d):
   ctx = _step_ctx(tiny_d, [term], [0] * 8)
   term.build(ctx)
   assert not term.head.use_sn  # follows D
-  assert uses_spectral_norm(types.SimpleNamespace(linear=types.SimpleNamespace(use_sn=True)))
+  assert BigGANDiscriminator(resolution=32, ch=4).use_sn  # the default D: SN heads
   loss, m = term.d_loss(ctx)
   # By hand: row 7 (the only one with fraction 0.5 of 8) in its four orientations.
   x7 = ctx.reals.numpy()[7]

@@ -7,9 +7,42 @@ same value for them (the statistics are all-reduced first), so they can be assig
 `strategy.run`.
 """
 
+import collections
+
 import keras
 import tensorflow as tf
 from keras import ops
+
+
+def _children(layer):
+  """The Keras layers in `layer`'s public attributes (directly, or in lists, tuples and
+  dict values), in attribute order."""
+  out = []
+  for key, value in vars(layer).items():
+    if key.startswith("_"):
+      continue
+    items = (value.values() if isinstance(value, dict) else
+             value if isinstance(value, (list, tuple)) else (value,))
+    out += [item for item in items if isinstance(item, keras.layers.Layer)]
+  return out
+
+
+def sublayers(layer):
+  """`layer` and every Keras layer inside it, recursively (public attributes only).
+
+  The order is that of Keras' own (private) `Layer._flatten_layers`: each layer, then its
+  children depth first, the last child first; so sums over the result keep their order.
+  """
+  found, seen = [layer], {id(layer)}
+  queue = collections.deque(_children(layer))
+  while queue:
+    sub = queue.popleft()
+    if id(sub) in seen:
+      continue
+    seen.add(id(sub))
+    found.append(sub)
+    queue.extendleft(_children(sub))
+  return found
 
 
 def _normalize(v, eps=1e-12):
