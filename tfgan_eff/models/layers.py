@@ -357,30 +357,3 @@ class AdaFM(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "start_step": self.start_step}
-
-
-class AdaFMConv2D(SNConv2D):
-  """A frozen (spectrally normalized) convolution with AdaFM: conv(x, γ ⊙ W/σ + β) + b.
-
-  Kernel, bias and σ (from `u`) are frozen; only γ, β [1, 1, in, out] train. Load the
-  source's kernel, bias and `sn_u` into it before use. `AdaFMTransfer` gets the same layer
-  by installing `AdaFM` on an existing `SNConv2D` (`set_kernel_transform`), which keeps
-  the layer's variable paths.
-
-  >>> AdaFMConv2D(8, 3)(tf.zeros([2, 16, 16, 4])).shape
-  TensorShape([2, 16, 16, 8])
-  """
-
-  def __init__(self, filters, kernel_size=3, start_step=0, step_fn=None, **kwargs):
-    super().__init__(filters, kernel_size, **kwargs)
-    self._adafm_args = dict(start_step=start_step, step_fn=step_fn)
-
-  def build(self, input_shape):
-    super().build(input_shape)
-    self.kernel.trainable = False
-    if self.bias is not None:
-      self.bias.trainable = False
-    self.freeze_sigma()
-    adafm = AdaFM(**self._adafm_args, name="adafm")
-    adafm.build(self.kernel.shape)
-    self.set_kernel_transform(adafm)
