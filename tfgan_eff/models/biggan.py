@@ -142,6 +142,11 @@ class BigGANGenerator(keras.Model):
     _check_resolution(resolution)
     self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
     self.use_sn = use_sn
+    self._config = dict(resolution=resolution, channels=channels, ch=ch, z_dim=z_dim,
+                        num_classes=num_classes, shared_dim=shared_dim,
+                        hierarchical_z=hierarchical_z,
+                        attention_resolution=attention_resolution, use_sn=use_sn,
+                        bn_momentum=bn_momentum)
     ins, outs = G_ARCH[resolution]
     n_blocks = len(ins)
     self.hierarchical_z = hierarchical_z
@@ -208,6 +213,9 @@ class BigGANGenerator(keras.Model):
         output=(self.bn_out.name, self.conv_out.name),
         conditional=(self.embed.name,) if self.embed is not None else ())
 
+  def get_config(self):
+    return {**super().get_config(), **self._config}
+
 
 @configurable
 class BigGANDiscriminator(keras.Model):
@@ -226,6 +234,9 @@ class BigGANDiscriminator(keras.Model):
     _check_resolution(resolution)
     self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
     self.use_sn = use_sn
+    self._config = dict(resolution=resolution, channels=channels, ch=ch,
+                        num_classes=num_classes, attention_resolution=attention_resolution,
+                        use_sn=use_sn)
     outs, downs = D_ARCH[resolution]
     self.blocks, self.attention, block_res = [], {}, []
     res, in_ch = resolution, channels
@@ -269,6 +280,9 @@ class BigGANDiscriminator(keras.Model):
         layers=tuple(self.layers), names=NAMES,
         blocks=_layout_blocks(self),
         conditional=projection, heads=(self.linear.name,) + projection)
+
+  def get_config(self):
+    return {**super().get_config(), **self._config}
 
 
 def count_params(model):

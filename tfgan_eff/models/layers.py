@@ -117,7 +117,8 @@ class SNDense(SpectralNormMixin, keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "units": self.units, "use_bias": self.use_bias,
-            "use_sn": self.use_sn}
+            "use_sn": self.use_sn,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
 
 
 class KernelTransformMixin:
@@ -176,7 +177,8 @@ class SNConv2D(KernelTransformMixin, SpectralNormMixin, keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "filters": self.filters,
-            "kernel_size": self.kernel_size, "use_bias": self.use_bias, "use_sn": self.use_sn}
+            "kernel_size": self.kernel_size, "use_bias": self.use_bias, "use_sn": self.use_sn,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
 
 
 class SNEmbedding(SpectralNormMixin, keras.layers.Layer):
@@ -203,6 +205,11 @@ class SNEmbedding(SpectralNormMixin, keras.layers.Layer):
     if y.dtype.is_integer:
       y = tf.one_hot(y, self.num_classes, dtype=table.dtype)  # -1 -> all zeros
     return ops.matmul(tf.cast(y, table.dtype), table)
+
+  def get_config(self):
+    return {**super().get_config(), "num_classes": self.num_classes, "dim": self.dim,
+            "use_sn": self.use_sn,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
 
 
 class CrossReplicaBatchNorm(keras.layers.Layer):
@@ -256,6 +263,10 @@ class CrossReplicaBatchNorm(keras.layers.Layer):
       y = y + self.beta
     return tf.cast(y, x.dtype)
 
+  def get_config(self):
+    return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon,
+            "center": self.center, "scale": self.scale}
+
 
 class ConditionalBatchNorm(keras.layers.Layer):
   """Cross-replica batch norm with gain and bias predicted from a conditioning vector.
@@ -267,6 +278,7 @@ class ConditionalBatchNorm(keras.layers.Layer):
 
   def __init__(self, channels, momentum=0.9, epsilon=1e-5, use_sn=True, **kwargs):
     super().__init__(**kwargs)
+    self.channels, self.momentum, self.epsilon, self.use_sn = channels, momentum, epsilon, use_sn
     self.bn = CrossReplicaBatchNorm(momentum, epsilon, center=False, scale=False, name="bn")
     self.gain = SNDense(channels, use_bias=False, use_sn=use_sn, name="gain")
     self.offset = SNDense(channels, use_bias=False, use_sn=use_sn, name="offset")
@@ -276,6 +288,10 @@ class ConditionalBatchNorm(keras.layers.Layer):
     g = 1.0 + self.gain(cond, training=training)
     b = self.offset(cond, training=training)
     return y * g[:, None, None, :] + b[:, None, None, :]
+
+  def get_config(self):
+    return {**super().get_config(), "channels": self.channels, "momentum": self.momentum,
+            "epsilon": self.epsilon, "use_sn": self.use_sn}
 
 
 class SelfAttention(keras.layers.Layer):
@@ -307,6 +323,9 @@ class SelfAttention(keras.layers.Layer):
     g = tf.reshape(g, [b, (h // 2) * (w // 2), -1])
     o = tf.reshape(tf.matmul(attn, g), [b, h, w, -1])
     return x + self.gate * self.o(o, training=training)
+
+  def get_config(self):
+    return {**super().get_config(), "use_sn": self.use_sn}
 
 
 class AdaFM(keras.layers.Layer):
