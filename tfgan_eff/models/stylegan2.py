@@ -201,8 +201,29 @@ class SynthesisBlock(keras.layers.Layer):
     return x, rgb
 
 
+class StyleBasedGenerator:
+  """The contract of a style-based generator, what path-length regularization needs:
+
+    mapping(z, y=None, training=False, truncation=1.0) -> ws [B, num_ws, w_dim]
+    style_mix(ws, y=None, truncation=1.0, rng=None, prob=None) -> (ws, cutoff [B])
+    synthesis(ws, training=False, rng=None, noise_mode="random") -> images [B, H, W, C]
+    style_mixing_prob, z_dim
+  """
+
+  style_mixing_prob = 0.0
+
+  def mapping(self, z, y=None, training=False, truncation=1.0):
+    raise NotImplementedError
+
+  def style_mix(self, ws, y=None, truncation=1.0, rng=None, prob=None):
+    raise NotImplementedError
+
+  def synthesis(self, ws, training=False, rng=None, noise_mode="random"):
+    raise NotImplementedError
+
+
 @configurable
-class StyleGAN2Generator(keras.Model):
+class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
   """StyleGAN2 generator: mapping network + style-modulated synthesis network.
 
   Args:
