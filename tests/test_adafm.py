@@ -1,15 +1,22 @@
 """AdaFM transfer: the modulated conv, loading/freezing/wrapping, the npz importer, the gate."""
 
+import functools
+
 import gin
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfgan_eff.models import layers
 from tfgan_eff.models import stylegan2_layers as L
+from tfgan_eff.models.biggan import BigGANDiscriminator, BigGANGenerator
+from tfgan_eff.models.layout import Block, BlockNames, TransferLayout
+from tfgan_eff.models.stylegan2 import StyleGAN2Generator
+from tfgan_eff.objectives import Adversarial
 from tfgan_eff.training.gan import GAN
-from tfgan_eff.transfer import (AdaFMTransfer, NpzImporter, SourceMismatchError, adafm_layers,
-                                export_npz)
+from tfgan_eff.transfer import (AdaFMMonitor, AdaFMTransfer, NpzImporter, SourceMismatchError,
+                                adafm_layers, export_npz)
 
 UNCOND = ["NUM_CLASSES = 0", "GAN.ema_decay = 0.5"]
 
@@ -68,14 +75,6 @@ def test_adafm_identity_reproduces_the_frozen_conv_exactly():
   for training in (False, True):
     np.testing.assert_array_equal(conv(x, training=training).numpy(), want)
   np.testing.assert_array_equal(conv.sn_u.numpy(), u)  # σ frozen: u not updated
-
-  standalone = layers.AdaFMConv2D(6, 3, name="s")
-  standalone(x)
-  for dst, src in ((standalone.kernel, conv.kernel), (standalone.bias, conv.bias),
-                   (standalone.sn_u, conv.sn_u)):
-    dst.assign(src)
-  np.testing.assert_array_equal(standalone(x, training=True).numpy(), want)
-  assert [v.name for v in standalone.trainable_variables] == ["gamma", "beta"]
 
   # γ ⊙ W/σ + β with non-trivial γ, β equals the conv with that kernel, computed by hand.
   adafm = conv.kernel_transform
@@ -287,3 +286,169 @@ def test_stylegan2_transfer_maps_blocks_from_the_output_side(tmp_path):
     np.testing.assert_array_equal(G(x, training=False, noise_mode="const").numpy(), y)
   finally:
     gin.clear_config()
+
+
+# -- a third backbone: transfer reads only `transfer_layout()` ------------------------------
+
+class _Gate(keras.layers.Layer):
+  """x · w, one learned scalar: a layer attached to a block (as BigGAN's attention)."""
+
+  def build(self, input_shape):
+    self.w = self.add_weight(name="w", shape=(), initializer="ones")
+
+  def call(self, x, training=False):
+    return x * self.w
+
+
+class ToyGenerator(keras.Model):
+  """fc -> 4x4 -> per block: 2x up, 3x3 conv ("up<i>"), gate ("gate<i>") -> 3x3 "to_image".
+
+  Its own names throughout, a class table "labels", no BigGAN or StyleGAN2 code."""
+
+  use_sn = True
+
+  def __init__(self, resolution=16, channels=1, z_dim=4, num_classes=3, ch=4, **kwargs):
+    super().__init__(**kwargs)
+    self.resolution, self.channels, self.z_dim, self.num_classes = (resolution, channels,
+                                                                    z_dim, num_classes)
+    self.ch = ch
+    self.labels = layers.SNEmbedding(num_classes, z_dim, use_sn=False, name="labels")
+    self.fc = layers.SNDense(4 * 4 * ch, name="fc")
+    self.res = [8 * 2 ** i for i in range(int(np.log2(resolution)) - 2)]
+    self.ups = [layers.SNConv2D(ch, 3, name=f"up{i}") for i in range(len(self.res))]
+    self.gates = [_Gate(name=f"gate{i}") for i in range(len(self.res))]
+    self.to_image = layers.SNConv2D(channels, 3, name="to_image")
+
+  def call(self, z, y=None, training=False, truncation=1.0, rng=None):
+    h = z * truncation + self.labels(y, training=training)
+    h = tf.reshape(self.fc(h, training=training), [-1, 4, 4, self.ch])
+    for up, gate in zip(self.ups, self.gates):
+      h = tf.repeat(tf.repeat(h, 2, axis=1), 2, axis=2)
+      h = gate(tf.nn.relu(up(h, training=training)))
+    return tf.tanh(self.to_image(h, training=training))
+
+  def transfer_layout(self):
+    return TransferLayout(
+        layers=tuple(self.layers), names=BlockNames("up", attached=("gate",)),
+        blocks=tuple(Block(u.name, r, (g.name,))
+                     for u, g, r in zip(self.ups, self.gates, self.res)),
+        output=(self.to_image.name,), conditional=(self.labels.name,))
+
+
+class ToyDiscriminator(keras.Model):
+  """per block: 3x3 conv ("down<i>"), 2x down -> sum -> "score", projection "classes"."""
+
+  use_sn = True
+
+  def __init__(self, resolution=16, num_classes=3, ch=4, **kwargs):
+    super().__init__(**kwargs)
+    self.num_classes, self.feature_dim = num_classes, ch
+    self.res = [resolution // 2 ** i for i in range(int(np.log2(resolution)) - 2)]
+    self.downs = [layers.SNConv2D(ch, 3, name=f"down{i}") for i in range(len(self.res))]
+    self.score = layers.SNDense(1, name="score")
+    self.classes = layers.SNEmbedding(num_classes, ch, name="classes")
+
+  def project(self, features, y, training=False):
+    return tf.reduce_sum(self.classes(y, training=training) * features, axis=-1)
+
+  def call(self, x, y=None, training=False):
+    h = x
+    for down in self.downs:
+      h = tf.nn.avg_pool2d(tf.nn.relu(down(h, training=training)), 2, 2, "VALID")
+    features = tf.reduce_sum(h, axis=[1, 2])
+    logits = tf.squeeze(self.score(features, training=training), -1)
+    if y is not None:
+      logits += self.project(features, y, training=training)
+    return {"logits": logits, "features": features, "feature_map": h}
+
+  def transfer_layout(self):
+    return TransferLayout(
+        layers=tuple(self.layers), names=BlockNames("down"),
+        blocks=tuple(Block(d.name, r) for d, r in zip(self.downs, self.res)),
+        conditional=(self.classes.name,), heads=(self.score.name, self.classes.name))
+
+
+def _toy_gan(resolution, **kwargs):
+  return GAN(generator=functools.partial(ToyGenerator, resolution=resolution),
+             discriminator=functools.partial(ToyDiscriminator, resolution=resolution),
+             ema_decay=0.5, **kwargs)
+
+
+def test_transfer_works_on_a_backbone_it_has_never_seen(tmp_path):
+  """A 16 px source into an 8 px target of a toy backbone defined here: G's up0 (+ gate0)
+  <- up1 (+ gate1) from the output side, D's down0 <- down0 from the input side; the class
+  table and D's heads are not loaded; up0's 3x3 conv is AdaFM-wrapped, to_image is not."""
+  gin.clear_config()
+  try:
+    src = _toy_gan(16)
+    src.build(2, (16, 16, 1))
+    for v in src.G_ema.weights:
+      v.assign(v + 0.01)
+    prefix = tf.train.Checkpoint(**src.checkpoint_items()).save(str(tmp_path / "s" / "ckpt"))
+    transfer = AdaFMTransfer(source=prefix, low_level_resolution=8)
+    gan = _toy_gan(8, warm_start=transfer, terms=[Adversarial(), AdaFMMonitor()])
+    gan.build(4, (8, 8, 1))
+    G, D, source_G = gan.G, gan.D, src.G_ema
+    assert transfer.low_level_g(G) == ["up0", "gate0", "to_image"]
+    assert transfer.low_level_d(D) == ["down0"]
+    for target, source in ((G.ups[0], source_G.ups[1]), (G.gates[0], source_G.gates[1]),
+                           (G.fc, source_G.fc), (G.to_image, source_G.to_image),
+                           (D.downs[0], src.D.downs[0])):
+      for a, b in zip(target.weights, source.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    for target, source in ((G.labels, source_G.labels), (D.score, src.D.score),
+                           (D.classes, src.D.classes)):
+      assert not np.array_equal(target.kernel.numpy(), source.kernel.numpy()), target.name
+    assert len(adafm_layers(G)) == 1 and len(adafm_layers(gan.G_ema)) == 1
+    assert G.ups[0].kernel_transform is not None and G.to_image.kernel_transform is None
+    frozen = [G.ups[0].kernel, G.gates[0].w, G.to_image.kernel, D.downs[0].kernel]
+    assert not any(v.trainable for v in frozen)
+    before = _values(frozen + [G.fc.kernel, *adafm_layers(G)[0].weights])
+    metrics = _train_at(gan, 2, 8)
+    after = _values(frozen + [G.fc.kernel, *adafm_layers(G)[0].weights])
+    for v in frozen:
+      np.testing.assert_array_equal(after[v.path], before[v.path], err_msg=v.path)
+    for v in [G.fc.kernel, *adafm_layers(G)[0].weights]:
+      assert np.abs(after[v.path] - before[v.path]).max() > 1e-6, v.path
+    assert float(metrics["adafm_gamma_dev"]) > 0
+  finally:
+    gin.clear_config()
+
+
+def _train_at(gan, steps, resolution, batch=4):
+  for step in range(steps):
+    for i in range(gan.disc_iters + 1):
+      images = tf.random.stateless_uniform([batch, resolution, resolution, 1], [step, i],
+                                           -1.0, 1.0)
+      data = {"images": images, "labels": tf.zeros([batch], tf.int32),
+              "true_labels": tf.zeros([batch], tf.int32)}
+      step_t = tf.constant(step, tf.int64)
+      if i < gan.disc_iters:
+        gan.d_step(data, step_t, tf.constant(i, tf.int64))
+      else:
+        metrics = gan.g_step(data, step_t)
+    gan.update_ema(step + 1)
+  return metrics
+
+
+def test_sublayers_visit_what_keras_visits_in_its_order():
+  """`layers.sublayers` (public attributes) finds exactly Keras' own `_flatten_layers`,
+  in the same order within each top-level layer, AdaFM transforms included."""
+  g = BigGANGenerator(resolution=32, channels=1, ch=4, z_dim=16, num_classes=3, shared_dim=8,
+                      attention_resolution=16)
+  d = BigGANDiscriminator(resolution=32, channels=1, ch=4, num_classes=3,
+                          attention_resolution=16)
+  d(g(tf.zeros([2, g.z_dim]), tf.constant([0, 1])), tf.constant([0, 1]))
+  sg2 = StyleGAN2Generator(resolution=16, z_dim=8, w_dim=8, mapping_layers=2, num_classes=3,
+                           fmap_base=64, fmap_max=8)
+  sg2(tf.zeros([2, 8]), tf.constant([0, 1]))
+  for conv in (g.blocks[2].conv1, g.blocks[2].conv2, d.blocks[0].conv1,
+               sg2.blocks[-1].conv1.conv):
+    conv.set_kernel_transform(layers.AdaFM(name="adafm"))
+  for model in (g, d, sg2):
+    # pylint: disable-next=protected-access
+    assert {id(l) for l in layers.sublayers(model)} == {id(l) for l in model._flatten_layers()}
+    for top in model.layers:
+      # pylint: disable-next=protected-access
+      assert layers.sublayers(top) == list(top._flatten_layers()), top.name
+  assert [len(adafm_layers(m)) for m in (g, d, sg2)] == [2, 1, 1]

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from conftest import ROOT
 from tfgan_eff import config
+from tfgan_eff.augment import Identity
 from tfgan_eff.heads.contrastive import InstanceHead, info_nce, replica_gather
 from tfgan_eff.objectives import InstanceDiscrimination
 from tfgan_eff.objectives.instance import default_queue_size
@@ -223,6 +224,9 @@ def test_momentum_copies_move_by_one_minus_m_of_the_gap_per_step(insgen_run):
 def _d_loss(gan, term, step=5):
   """The term's D loss and metrics on a fixed batch, with the GAN's own main D pass."""
   ctx = gan._context("d", tf.constant(step, tf.int64), 0, _batch())  # pylint: disable=protected-access
+  rng = ctx.rng  # the draws of gan.d_step, in its order
+  ctx.fakes = tf.stop_gradient(gan.G(ctx.z, ctx.fake_labels, training=True, rng=rng.child()))
+  ctx.real_aug_seed, ctx.fake_aug_seed = rng.next_seed(), rng.next_seed()
   x = tf.concat([ctx.augment_reals(ctx.reals), ctx.augment_fakes(ctx.fakes)], 0)
   y = tf.concat([ctx.real_labels_for_d, ctx.fake_labels], 0)
   out = gan.D(x, y, training=False)
@@ -233,6 +237,7 @@ def _d_loss(gan, term, step=5):
 
 def _g_loss(gan, term, step=5):
   ctx = gan._context("g", tf.constant(step, tf.int64), gan.disc_iters, _batch())  # pylint: disable=protected-access
+  ctx.real_aug_seed, ctx.fake_aug_seed = ctx.rng.next_seed(), ctx.rng.next_seed()
   ctx.fakes = gan.G(ctx.z, ctx.fake_labels, training=False)
   ctx.d_fake = gan.D(ctx.augment_fakes(ctx.fakes), ctx.fake_labels, training=False)
   return term.g_loss(ctx)
@@ -327,7 +332,7 @@ def test_every_insgen_config_parses_into_its_gan(name):
     assert (term.real_queue_size, term.fake_queue_size) == (real_q, fake_q)
     assert (term.temperature, term.momentum, term.sigma) == (0.2, momentum, 0.15)
     assert (term.real_weight, term.fake_weight, term.diversity_weight) == (1.0, 1.0, 0.1)
-    assert gan.augment is not None
+    assert not isinstance(gan.augment, Identity)
   finally:
     gin.clear_config()
 

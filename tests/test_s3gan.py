@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from conftest import ROOT
 from tfgan_eff import config
-from tfgan_eff.heads import LinearHead, uses_spectral_norm
+from tfgan_eff.augment import Identity
+from tfgan_eff.heads import LinearHead
 from tfgan_eff.models.biggan import BigGANDiscriminator
 from tfgan_eff.objectives import Adversarial, ClassifierTerm, RotationTerm, semi_supervised
 from tfgan_eff.objectives.self_supervised import rotated_copies, rotation_rows
@@ -250,7 +251,7 @@ def _step_ctx(d, terms, labels, phase="d"):
   b = len(labels)
   x = tf.random.stateless_uniform([b, 32, 32, 1], seed=[3, 4], minval=-1.0, maxval=1.0)
   fakes = tf.random.stateless_uniform([b, 32, 32, 1], seed=[5, 6], minval=-1.0, maxval=1.0)
-  gan = types.SimpleNamespace(num_classes=10, D=d, terms=terms, augment=None)
+  gan = types.SimpleNamespace(num_classes=10, D=d, terms=terms, augment=Identity())
   labels = tf.constant(labels, tf.int32)
   ctx = StepContext(
       gan=gan, phase=phase, step=tf.constant(0, tf.int64), d_step=tf.constant(0, tf.int64),
@@ -268,7 +269,7 @@ def test_rotation_term_feeds_each_orientation_with_its_label(tiny_d):
   ctx = _step_ctx(tiny_d, [term], [0] * 8)
   term.build(ctx)
   assert not term.head.use_sn  # follows D
-  assert uses_spectral_norm(types.SimpleNamespace(linear=types.SimpleNamespace(use_sn=True)))
+  assert BigGANDiscriminator(resolution=32, ch=4).use_sn  # the default D: SN heads
   loss, m = term.d_loss(ctx)
   # By hand: row 7 (the only one with fraction 0.5 of 8) in its four orientations.
   x7 = ctx.reals.numpy()[7]

@@ -27,6 +27,7 @@ import math
 import tensorflow as tf
 
 from tfgan_eff.augment import warp
+from tfgan_eff.augment.base import Augmenter
 from tfgan_eff.augment.warp import dim
 from tfgan_eff.config import configurable
 
@@ -99,7 +100,7 @@ def _rotate_about_grey(theta):
 
 
 @configurable
-class AdaptiveAugment(tf.Module):
+class AdaptiveAugment(Augmenter, tf.Module):
   """ADA: the stylegan2-ada augmentation pipeline with a tuned probability p.
 
   Use as an augmenter, `aug(images, rng) -> images`, and call `aug.update(real_logits, step,

@@ -36,6 +36,7 @@ Example:
 
 import tensorflow as tf
 
+from tfgan_eff.augment.base import Augmenter
 from tfgan_eff.augment.warp import dim
 from tfgan_eff.config import configurable
 
@@ -191,7 +192,7 @@ def diff_augment(x, policy, rng, translation_ratio=0.125, cutout_ratio=0.5):
 
 
 @configurable
-class DiffAugment:
+class DiffAugment(Augmenter):
   """DiffAugment as an augmenter: `DiffAugment(policy)(images, rng) -> images`.
 
   Args:

@@ -1,14 +1,15 @@
 """Linear heads on D's pooled features (S3GAN's rotation and classifier heads).
 
 A head is a small Keras layer `features [B, C] -> logits [B, units]`, spectrally normalized
-when the discriminator is (compare_gan puts SN on every head of an SN discriminator). Heads
+when the discriminator is, i.e. with `D.use_sn` (compare_gan puts SN on every head of an SN
+discriminator). Heads
 know nothing of losses; the loss terms in `tfgan_eff/objectives/` own them, create them in
 `Term.build(ctx)` from `ctx.d_real["features"]`, and list them in `d_variables()`, so the GAN
 trains them with D's optimizer and checkpoints them with the term.
 
 Example:
 
-    head = LinearHead(4, use_sn=uses_spectral_norm(D), name="rotation_head")
+    head = LinearHead(4, use_sn=D.use_sn, name="rotation_head")
     logits = head(D(x)["features"], training=True)      # [B, 4]
 """
 
@@ -16,13 +17,6 @@ import keras
 import tensorflow as tf
 
 from tfgan_eff.models import layers
-
-
-def uses_spectral_norm(discriminator):
-  """Whether `discriminator` normalizes its layers spectrally (BigGAN: yes, StyleGAN2: no)."""
-  if hasattr(discriminator, "use_sn"):
-    return bool(discriminator.use_sn)
-  return bool(getattr(getattr(discriminator, "linear", None), "use_sn", False))
 
 
 class LinearHead(keras.layers.Layer):

@@ -20,6 +20,9 @@ import tensorflow as tf
 
 from tfgan_eff.config import configurable
 from tfgan_eff.models import layers
+from tfgan_eff.models.layout import Block, BlockNames, TransferLayout
+
+NAMES = BlockNames("block", attached=("attention",))  # block<i>, attention<i> after block i
 
 G_ARCH = {
     32: ([4, 4, 4], [4, 4, 4]),
@@ -39,6 +42,12 @@ def _check_resolution(resolution):
   if resolution not in G_ARCH:
     raise ValueError(f"BigGAN supports resolutions {sorted(G_ARCH)}, got {resolution}. "
                      f"Set ImageData.resolution to one of them.")
+
+
+def _layout_blocks(model):
+  """The blocks of a BigGAN G or D for `TransferLayout`, each with its attention layer."""
+  return tuple(Block(b.name, r, (model.attention[i].name,) if i in model.attention else ())
+               for i, (b, r) in enumerate(zip(model.blocks, model.block_resolutions)))
 
 
 def _upsample(x):
@@ -130,6 +139,12 @@ class BigGANGenerator(keras.Model):
     super().__init__(**kwargs)
     _check_resolution(resolution)
     self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
+    self.use_sn = use_sn
+    self._config = dict(resolution=resolution, channels=channels, ch=ch, z_dim=z_dim,
+                        num_classes=num_classes, shared_dim=shared_dim,
+                        hierarchical_z=hierarchical_z,
+                        attention_resolution=attention_resolution, use_sn=use_sn,
+                        bn_momentum=bn_momentum)
     ins, outs = G_ARCH[resolution]
     n_blocks = len(ins)
     self.hierarchical_z = hierarchical_z
@@ -146,15 +161,17 @@ class BigGANGenerator(keras.Model):
     self.conditional = cond_dim > 0
     self.bottom_channels = ins[0] * ch
     self.linear = layers.SNDense(4 * 4 * self.bottom_channels, use_sn=use_sn, name="linear")
-    self.blocks, self.attention = [], {}
+    self.blocks, self.attention, block_res = [], {}, []
     res = 4
     for i, (a, b) in enumerate(zip(ins, outs)):
       self.blocks.append(GBlock(a * ch, b * ch, self.conditional, use_sn, bn_momentum,
                                 name=f"block{i}"))
       res *= 2
+      block_res.append(res)
       if res == attention_resolution:
         self.attention[i] = layers.SelfAttention(use_sn, name=f"attention{i}")
     self.attention_layers = list(self.attention.values())
+    self.block_resolutions = tuple(block_res)  # the output resolution of each block
     self.bn_out = layers.CrossReplicaBatchNorm(bn_momentum, name="bn_out")
     self.conv_out = layers.SNConv2D(channels, 3, use_sn=use_sn, name="conv_out")
 
@@ -185,6 +202,18 @@ class BigGANGenerator(keras.Model):
     h = tf.nn.relu(self.bn_out(h, training=training))
     return tf.tanh(self.conv_out(h, training=training))
 
+  def transfer_layout(self):
+    """Blocks by output resolution (attention follows its block), the output BN and conv,
+    the shared class embedding (see `tfgan_eff.models.layout`)."""
+    return TransferLayout(
+        layers=tuple(self.layers), names=NAMES,
+        blocks=_layout_blocks(self),
+        output=(self.bn_out.name, self.conv_out.name),
+        conditional=(self.embed.name,) if self.embed is not None else ())
+
+  def get_config(self):
+    return {**super().get_config(), **self._config}
+
 
 @configurable
 class BigGANDiscriminator(keras.Model):
@@ -202,17 +231,23 @@ class BigGANDiscriminator(keras.Model):
     super().__init__(**kwargs)
     _check_resolution(resolution)
     self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
+    self.use_sn = use_sn
+    self._config = dict(resolution=resolution, channels=channels, ch=ch,
+                        num_classes=num_classes, attention_resolution=attention_resolution,
+                        use_sn=use_sn)
     outs, downs = D_ARCH[resolution]
-    self.blocks, self.attention = [], {}
+    self.blocks, self.attention, block_res = [], {}, []
     res, in_ch = resolution, channels
     for i, (m, down) in enumerate(zip(outs, downs)):
       self.blocks.append(DBlock(in_ch, m * ch, down, preactivation=i > 0, use_sn=use_sn,
                                 name=f"block{i}"))
+      block_res.append(res)
       in_ch = m * ch
       res = res // 2 if down else res
       if res == attention_resolution and not self.attention:  # after the first such block
         self.attention[i] = layers.SelfAttention(use_sn, name=f"attention{i}")
     self.attention_layers = list(self.attention.values())
+    self.block_resolutions = tuple(block_res)  # the input resolution of each block
     self.feature_dim = in_ch
     self.linear = layers.SNDense(1, use_sn=use_sn, name="linear")
     self.embed = (layers.SNEmbedding(num_classes, in_ch, use_sn=use_sn, name="projection")
@@ -234,3 +269,16 @@ class BigGANDiscriminator(keras.Model):
     if y is not None and self.num_classes:
       logits = logits + self.project(features, y, training=training)
     return {"logits": logits, "features": features, "feature_map": fmap}
+
+  def transfer_layout(self):
+    """Blocks by input resolution (attention follows its block), the final linear layer
+    and the projection as heads (see `tfgan_eff.models.layout`)."""
+    projection = (self.embed.name,) if self.embed is not None else ()
+    return TransferLayout(
+        layers=tuple(self.layers), names=NAMES,
+        blocks=_layout_blocks(self),
+        conditional=projection, heads=(self.linear.name,) + projection)
+
+  def get_config(self):
+    return {**super().get_config(), **self._config}
+

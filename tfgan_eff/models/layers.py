@@ -7,9 +7,42 @@ same value for them (the statistics are all-reduced first), so they can be assig
 `strategy.run`.
 """
 
+import collections
+
 import keras
 import tensorflow as tf
 from keras import ops
+
+
+def _children(layer):
+  """The Keras layers in `layer`'s public attributes (directly, or in lists, tuples and
+  dict values), in attribute order."""
+  out = []
+  for key, value in vars(layer).items():
+    if key.startswith("_"):
+      continue
+    items = (value.values() if isinstance(value, dict) else
+             value if isinstance(value, (list, tuple)) else (value,))
+    out += [item for item in items if isinstance(item, keras.layers.Layer)]
+  return out
+
+
+def sublayers(layer):
+  """`layer` and every Keras layer inside it, recursively (public attributes only).
+
+  The order is that of Keras' own (private) `Layer._flatten_layers`: each layer, then its
+  children depth first, the last child first; so sums over the result keep their order.
+  """
+  found, seen = [layer], {id(layer)}
+  queue = collections.deque(_children(layer))
+  while queue:
+    sub = queue.popleft()
+    if id(sub) in seen:
+      continue
+    seen.add(id(sub))
+    found.append(sub)
+    queue.extendleft(_children(sub))
+  return found
 
 
 def _normalize(v, eps=1e-12):
@@ -84,7 +117,8 @@ class SNDense(SpectralNormMixin, keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "units": self.units, "use_bias": self.use_bias,
-            "use_sn": self.use_sn}
+            "use_sn": self.use_sn,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
 
 
 class KernelTransformMixin:
@@ -143,7 +177,8 @@ class SNConv2D(KernelTransformMixin, SpectralNormMixin, keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "filters": self.filters,
-            "kernel_size": self.kernel_size, "use_bias": self.use_bias, "use_sn": self.use_sn}
+            "kernel_size": self.kernel_size, "use_bias": self.use_bias, "use_sn": self.use_sn,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
 
 
 class SNEmbedding(SpectralNormMixin, keras.layers.Layer):
@@ -170,6 +205,11 @@ class SNEmbedding(SpectralNormMixin, keras.layers.Layer):
     if y.dtype.is_integer:
       y = tf.one_hot(y, self.num_classes, dtype=table.dtype)  # -1 -> all zeros
     return ops.matmul(tf.cast(y, table.dtype), table)
+
+  def get_config(self):
+    return {**super().get_config(), "num_classes": self.num_classes, "dim": self.dim,
+            "use_sn": self.use_sn,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
 
 
 class CrossReplicaBatchNorm(keras.layers.Layer):
@@ -223,6 +263,10 @@ class CrossReplicaBatchNorm(keras.layers.Layer):
       y = y + self.beta
     return tf.cast(y, x.dtype)
 
+  def get_config(self):
+    return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon,
+            "center": self.center, "scale": self.scale}
+
 
 class ConditionalBatchNorm(keras.layers.Layer):
   """Cross-replica batch norm with gain and bias predicted from a conditioning vector.
@@ -234,6 +278,7 @@ class ConditionalBatchNorm(keras.layers.Layer):
 
   def __init__(self, channels, momentum=0.9, epsilon=1e-5, use_sn=True, **kwargs):
     super().__init__(**kwargs)
+    self.channels, self.momentum, self.epsilon, self.use_sn = channels, momentum, epsilon, use_sn
     self.bn = CrossReplicaBatchNorm(momentum, epsilon, center=False, scale=False, name="bn")
     self.gain = SNDense(channels, use_bias=False, use_sn=use_sn, name="gain")
     self.offset = SNDense(channels, use_bias=False, use_sn=use_sn, name="offset")
@@ -243,6 +288,10 @@ class ConditionalBatchNorm(keras.layers.Layer):
     g = 1.0 + self.gain(cond, training=training)
     b = self.offset(cond, training=training)
     return y * g[:, None, None, :] + b[:, None, None, :]
+
+  def get_config(self):
+    return {**super().get_config(), "channels": self.channels, "momentum": self.momentum,
+            "epsilon": self.epsilon, "use_sn": self.use_sn}
 
 
 class SelfAttention(keras.layers.Layer):
@@ -274,6 +323,9 @@ class SelfAttention(keras.layers.Layer):
     g = tf.reshape(g, [b, (h // 2) * (w // 2), -1])
     o = tf.reshape(tf.matmul(attn, g), [b, h, w, -1])
     return x + self.gate * self.o(o, training=training)
+
+  def get_config(self):
+    return {**super().get_config(), "use_sn": self.use_sn}
 
 
 class AdaFM(keras.layers.Layer):
@@ -324,30 +376,3 @@ class AdaFM(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "start_step": self.start_step}
-
-
-class AdaFMConv2D(SNConv2D):
-  """A frozen (spectrally normalized) convolution with AdaFM: conv(x, γ ⊙ W/σ + β) + b.
-
-  Kernel, bias and σ (from `u`) are frozen; only γ, β [1, 1, in, out] train. Load the
-  source's kernel, bias and `sn_u` into it before use. `AdaFMTransfer` gets the same layer
-  by installing `AdaFM` on an existing `SNConv2D` (`set_kernel_transform`), which keeps
-  the layer's variable paths.
-
-  >>> AdaFMConv2D(8, 3)(tf.zeros([2, 16, 16, 4])).shape
-  TensorShape([2, 16, 16, 8])
-  """
-
-  def __init__(self, filters, kernel_size=3, start_step=0, step_fn=None, **kwargs):
-    super().__init__(filters, kernel_size, **kwargs)
-    self._adafm_args = dict(start_step=start_step, step_fn=step_fn)
-
-  def build(self, input_shape):
-    super().build(input_shape)
-    self.kernel.trainable = False
-    if self.bias is not None:
-      self.bias.trainable = False
-    self.freeze_sigma()
-    adafm = AdaFM(**self._adafm_args, name="adafm")
-    adafm.build(self.kernel.shape)
-    self.set_kernel_transform(adafm)

@@ -57,6 +57,7 @@ import tensorflow as tf
 
 from tfgan_eff.config import configurable
 from tfgan_eff.models import stylegan2_layers as L
+from tfgan_eff.models.layout import Block, BlockNames, TransferLayout
 
 RESOLUTIONS = tuple(2 ** k for k in range(4, 11))  # 16 ... 1024
 
@@ -200,8 +201,29 @@ class SynthesisBlock(keras.layers.Layer):
     return x, rgb
 
 
+class StyleBasedGenerator:
+  """The contract of a style-based generator, what path-length regularization needs:
+
+    mapping(z, y=None, training=False, truncation=1.0) -> ws [B, num_ws, w_dim]
+    style_mix(ws, y=None, truncation=1.0, rng=None, prob=None) -> (ws, cutoff [B])
+    synthesis(ws, training=False, rng=None, noise_mode="random") -> images [B, H, W, C]
+    style_mixing_prob, z_dim
+  """
+
+  style_mixing_prob = 0.0
+
+  def mapping(self, z, y=None, training=False, truncation=1.0):
+    raise NotImplementedError
+
+  def style_mix(self, ws, y=None, truncation=1.0, rng=None, prob=None):
+    raise NotImplementedError
+
+  def synthesis(self, ws, training=False, rng=None, noise_mode="random"):
+    raise NotImplementedError
+
+
 @configurable
-class StyleGAN2Generator(keras.Model):
+class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
   """StyleGAN2 generator: mapping network + style-modulated synthesis network.
 
   Args:
@@ -225,6 +247,8 @@ class StyleGAN2Generator(keras.Model):
   >>> g(tf.zeros([2, 8])).shape
   TensorShape([2, 16, 16, 3])
   """
+
+  use_sn = False  # equalized learning rate, no spectral norm
 
   def __init__(self, resolution=256, channels=3, z_dim=512, w_dim=512, num_classes=0,
                mapping_layers=8, mapping_lr_multiplier=0.01, fmap_base=16384, fmap_max=512,
@@ -318,6 +342,18 @@ class StyleGAN2Generator(keras.Model):
       ws, _ = self.style_mix(ws, y, truncation=truncation, rng=rng)
     return self.synthesis(ws, training=training, rng=rng, noise_mode=noise_mode)
 
+  def transfer_layout(self):
+    """Blocks b4 ... b<resolution> (b4, with the learned constant, maps only to itself),
+    their fixed noise, the mapping's label embedding (see `tfgan_eff.models.layout`)."""
+    embed = self.mapping_network.embed
+    return TransferLayout(
+        layers=tuple(self.layers), names=BlockNames("b"),
+        blocks=tuple(Block(b.name, b.resolution) for b in self.blocks),
+        pinned=tuple(b.name for b in self.blocks if b.conv0 is None),
+        conditional=((f"{self.mapping_network.name}/{embed.name}",) if embed is not None
+                     else ()),
+        resolution_buffers=("noise_const",))  # NoiseInjection's fixed noise
+
   def get_config(self):
     return {**super().get_config(), **self._config}
 
@@ -376,6 +412,8 @@ class StyleGAN2Discriminator(keras.Model):
   TensorShape([2, 4, 4, 8])
   """
 
+  use_sn = False  # equalized learning rate, no spectral norm
+
   def __init__(self, resolution=256, channels=3, num_classes=0, fmap_base=16384,
                fmap_max=512, mbstd_group_size=4, mbstd_num_features=1,
                architecture="resnet", fmap_decay=1.0, **kwargs):
@@ -393,10 +431,12 @@ class StyleGAN2Discriminator(keras.Model):
     ch = {r: channels_at(r, fmap_base, fmap_max, fmap_decay)
           for r in _block_resolutions(resolution)}
     self.channels_dict = ch
+    self.block_resolutions = tuple(r for r in reversed(_block_resolutions(resolution))
+                                   if r > 4)  # the input resolution of each block
     self.blocks = [
         DiscriminatorBlock(ch[r] if r < resolution else 0, ch[r], ch[r // 2], channels,
                            architecture, name=f"b{r}")
-        for r in reversed(_block_resolutions(resolution)) if r > 4]
+        for r in self.block_resolutions]
     c4 = ch[4]
     self.feature_dim = c4
     self.mbstd = (L.MinibatchStd(mbstd_group_size, mbstd_num_features, name="mbstd")
@@ -432,6 +472,15 @@ class StyleGAN2Discriminator(keras.Model):
       logits = logits + self.project(features, y)
     return {"logits": logits, "features": features,
             "feature_map": tf.cast(fmap, tf.float32)}
+
+  def transfer_layout(self):
+    """Blocks b<resolution> ... b8 (input first), the output layer and the projection as
+    heads (see `tfgan_eff.models.layout`)."""
+    projection = (self.embed.name,) if self.embed is not None else ()
+    return TransferLayout(
+        layers=tuple(self.layers), names=BlockNames("b", descending=True),
+        blocks=tuple(Block(b.name, r) for b, r in zip(self.blocks, self.block_resolutions)),
+        conditional=projection, heads=(self.out.name,) + projection)
 
   def get_config(self):
     return {**super().get_config(), **self._config}

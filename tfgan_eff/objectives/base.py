@@ -1,4 +1,4 @@
-"""The loss-term protocol. A method is a list of terms, not a subclass of the GAN."""
+"""The loss-term contract. A method is a list of terms, not a subclass of the GAN."""
 
 import tensorflow as tf
 
@@ -7,13 +7,17 @@ class Term(tf.Module):
   """A loss term with a D part and a G part.
 
   Subclasses override what they need; the defaults contribute nothing. Variables a term
-  creates in `build` (heads, queues) are checkpointed with the GAN, and its trainable
-  variables are updated by D's optimizer in the D step.
+  creates in `build` (heads, queues) are checkpointed with the GAN; those it lists in
+  `d_variables()` are updated by D's optimizer in the D step.
   """
 
   def build(self, ctx):
     """Creates heads/state from a dry run's context (once, inside strategy.scope())."""
     del ctx
+
+  def d_variables(self):
+    """The variables D's optimizer trains with D (e.g. heads on D's features); none here."""
+    return []
 
   def predict_labels(self, ctx):
     """Labels for unlabelled reals (S3GAN), from `ctx.d_real`, or None (the default).

@@ -24,6 +24,7 @@ import math
 import tensorflow as tf
 
 from tfgan_eff.config import configurable
+from tfgan_eff.models.stylegan2 import StyleBasedGenerator
 from tfgan_eff.objectives.base import Term
 from tfgan_eff.rng import SampleRNG
 
@@ -56,7 +57,8 @@ class PathLengthPenalty(Term):
     batch_shrink: the regularization batch is the batch divided by this (StyleGAN2: 2);
       must divide the per-replica batch.
 
-  Needs a generator with `mapping`, `style_mix` and `synthesis` (StyleGAN2Generator).
+  Needs a style-based generator (`StyleBasedGenerator`: `mapping`, `style_mix`, `synthesis`;
+  StyleGAN2Generator).
   Metrics: `pl_penalty` (E (length − a)², unweighted; 0 on skipped steps), `pl_length`
   (mean length; 0 on skipped steps) and `pl_mean` (a).
   """
@@ -75,12 +77,11 @@ class PathLengthPenalty(Term):
     self.pl_mean = None
 
   def build(self, ctx):
-    missing = [a for a in ("mapping", "style_mix", "synthesis") if not hasattr(ctx.G, a)]
-    if missing:
+    if not isinstance(ctx.G, StyleBasedGenerator):
       raise ValueError(
-          f"PathLengthPenalty needs a generator with a mapping and a synthesis network "
-          f"(StyleGAN2Generator); {type(ctx.G).__name__} has no {', '.join(missing)}. "
-          f"Remove @PathLengthPenalty() from GAN.terms.")
+          f"PathLengthPenalty needs a style-based generator, with a mapping and a synthesis "
+          f"network (StyleGAN2Generator); {type(ctx.G).__name__} is not one. Remove "
+          f"@PathLengthPenalty() from GAN.terms.")
     self.pl_mean = tf.Variable(0.0, trainable=False, name="pl_mean",
                                synchronization=tf.VariableSynchronization.ON_WRITE,
                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

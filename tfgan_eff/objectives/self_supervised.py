@@ -29,7 +29,7 @@ Loss: cross-entropy computed as −log(softmax + 1e-10), as compare_gan does.
 import tensorflow as tf
 
 from tfgan_eff.config import configurable
-from tfgan_eff.heads import LinearHead, uses_spectral_norm
+from tfgan_eff.heads import LinearHead
 from tfgan_eff.objectives.base import Term
 
 
@@ -76,7 +76,7 @@ class RotationTerm(Term):
       1 / rotated_batch_fraction; see the module docstring).
     weight_d: weight of the rotation loss on reals in D's loss (compare_gan: 1.0).
     weight_g: weight of the rotation loss on fakes in G's loss (compare_gan: 0.2).
-    use_sn: spectral norm on the head; None follows the discriminator.
+    use_sn: spectral norm on the head; None follows the discriminator (`D.use_sn`).
 
   Metrics: `d_rotation_loss`, `rotation_accuracy_real` (D step), `g_rotation_loss`,
   `rotation_accuracy_fake` (G step); accuracies over the whole rotation group (4n images).
@@ -92,7 +92,7 @@ class RotationTerm(Term):
     self.head = None
 
   def build(self, ctx):
-    use_sn = uses_spectral_norm(ctx.D) if self.use_sn is None else self.use_sn
+    use_sn = bool(ctx.D.use_sn) if self.use_sn is None else self.use_sn
     self.head = LinearHead(4, use_sn=use_sn, name="rotation_head")
     self.head(ctx.d_real["features"])
 

@@ -19,7 +19,7 @@ the reals of the step's last D step.
 import tensorflow as tf
 
 from tfgan_eff.config import configurable
-from tfgan_eff.heads import LinearHead, uses_spectral_norm
+from tfgan_eff.heads import LinearHead
 from tfgan_eff.objectives.base import Term
 
 
@@ -50,7 +50,7 @@ class ClassifierTerm(Term):
     weight: weight of the class loss in D's loss (compare_gan: 1.0).
     soft: project unlabelled reals on the softmax of the head instead of its argmax
       (compare_gan's `use_soft_pred`).
-    use_sn: spectral norm on the head; None follows the discriminator.
+    use_sn: spectral norm on the head; None follows the discriminator (`D.use_sn`).
 
   Needs a class-conditional GAN (NUM_CLASSES > 0).
   """
@@ -70,7 +70,7 @@ class ClassifierTerm(Term):
           "ClassifierTerm predicts classes, but the GAN is unconditional (num_classes = 0). "
           "Set NUM_CLASSES to the number of classes of the data, or drop @ClassifierTerm() "
           "from GAN.terms (SS-GAN: rotation only).")
-    use_sn = uses_spectral_norm(ctx.D) if self.use_sn is None else self.use_sn
+    use_sn = bool(ctx.D.use_sn) if self.use_sn is None else self.use_sn
     self.head = LinearHead(self.num_classes, use_sn=use_sn, name="classifier_head")
     self.head(ctx.d_real["features"])
 

@@ -28,9 +28,9 @@ class StepContext:
   true_labels: tf.Tensor        # int [b], for monitoring only
   z: tf.Tensor
   fake_labels: Optional[tf.Tensor]
-  fakes: tf.Tensor
-  real_aug_seed: tf.Tensor
-  fake_aug_seed: tf.Tensor
+  fakes: Optional[tf.Tensor] = None            # set by the step (G(z, fake_labels))
+  real_aug_seed: Optional[tf.Tensor] = None    # set by the step; the reals' augmentation draw
+  fake_aug_seed: Optional[tf.Tensor] = None    # set by the step; the fakes' augmentation draw
   real_labels_for_d: Optional[tf.Tensor] = None
   d_real: Optional[dict] = None
   d_fake: Optional[dict] = None
@@ -53,8 +53,7 @@ class StepContext:
     return tf.cast(value, tf.float32) / self.num_replicas
 
   def _augment(self, x, seed):
-    rng = SampleRNG(seed, self.rng.global_batch, self.rng.offset)
-    return self.gan.augment(x, rng) if self.gan.augment is not None else x
+    return self.gan.augment(x, SampleRNG(seed, self.rng.global_batch, self.rng.offset))
 
   def augment_reals(self, x):
     """The augmentation draw of this step's reals (repeatable, e.g. for R1)."""
@@ -66,4 +65,4 @@ class StepContext:
 
   def augment_with(self, x, rng: SampleRNG):
     """A fresh augmentation draw from `rng` (e.g. a second view for contrastive terms)."""
-    return self.gan.augment(x, rng) if self.gan.augment is not None else x
+    return self.gan.augment(x, rng)

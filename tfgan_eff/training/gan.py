@@ -4,16 +4,24 @@ Both steps run in replica context (inside `strategy.run`); `update_ema` runs in
 cross-replica context after the G step. The whole training step reads top to bottom:
 
     D step (x disc_iters, each with fresh reals, z and augmentation):
-      fakes = G(z, y_fake)                      # no gradient to G
+      z, y_fake = draws of the step's SampleRNG
+      fakes = G(z, y_fake, rng=child)           # no gradient to G
+      real and fake augmentation seeds
       d_real, d_fake = D(T(reals), y), D(T(fakes), y_fake)
       unlabelled reals: + D.project(features, term.predict_labels(ctx))   # e.g. S3GAN
       loss = Σ term.d_loss(ctx)                 # adversarial, R1, heads' losses ...
-      step D (+ heads); term.after_d_step; augment.update(d_real logits)
-      metrics: the terms', d_loss, d_grad_norm
+      step D (+ term.d_variables()); term.after_d_step; augment.update(d_real logits)
+      metrics: the terms', d_loss, d_grad_norm, augment.metrics()
     G step:
-      fakes = G(z, y_fake); d_fake = D(T(fakes), y_fake)
+      z, y_fake; real and fake augmentation seeds
+      fakes = G(z, y_fake, rng=child); d_fake = D(T(fakes), y_fake)
       loss = Σ term.g_loss(ctx); step G; term.after_g_step
     G_ema ← decay·G_ema + (1 − decay)·G
+
+Every draw of a step comes from one SampleRNG, seeded by (GAN.seed, step, phase), in the
+order written above (D: z, y_fake, G's rng, real seed, fake seed; G: z, y_fake, real seed,
+fake seed, G's rng); terms draw after that. The order is part of a run's reproducibility:
+changing it changes every run.
 
 Two more hooks keep methods out of this file: `warm_start(gan)` runs once the networks exist
 and before the optimizers do (transfer learning: load, freeze, wrap); `make_discriminator`
@@ -24,8 +32,10 @@ import gin
 import keras
 import tensorflow as tf
 
+from tfgan_eff.augment.base import Augmenter, Identity
 from tfgan_eff.config import configurable
 from tfgan_eff.objectives.adversarial import Adversarial
+from tfgan_eff.objectives.base import Term
 from tfgan_eff.rng import SampleRNG
 from tfgan_eff.training import checkpoints
 from tfgan_eff.training.context import StepContext
@@ -53,7 +63,8 @@ class GAN(tf.Module):
       and for its EMA copy.
     discriminator: a discriminator class or factory (gin: `@BigGANDiscriminator`).
     terms: loss terms; default `[Adversarial()]`.
-    augment: a differentiable augmenter applied to reals and fakes in both steps, or None.
+    augment: an `Augmenter` applied to reals and fakes in both steps (gin:
+      `@DiffAugment()`, `@AdaptiveAugment()`); None: no augmentation (`Identity()`).
     g_optimizer, d_optimizer: Keras optimizers (gin: `@g/adam()`); default Adam(2e-4, 0, 0.999).
     disc_iters: D steps per G step, each with fresh data and noise.
     ema_decay: decay of the generator EMA; 0 disables it (G_ema tracks G).
@@ -80,7 +91,15 @@ class GAN(tf.Module):
     self._discriminator_factory = discriminator
     self.D = discriminator(name="discriminator")
     self.terms = list(terms) if terms is not None else [Adversarial()]
-    self.augment = augment
+    for t in self.terms:
+      if not isinstance(t, Term):
+        raise TypeError(f"GAN.terms holds {t!r}, which is not a loss term (a subclass of "
+                        f"tfgan_eff.objectives.base.Term); list terms such as @Adversarial().")
+    self.augment = augment if augment is not None else Identity()
+    if not isinstance(self.augment, Augmenter):
+      raise TypeError(f"GAN.augment is {augment!r}, which is not an augmenter (a subclass of "
+                      f"tfgan_eff.augment.Augmenter); use @DiffAugment(), "
+                      f"@AdaptiveAugment() or None.")
     self.g_optimizer = g_optimizer or adam()
     self.d_optimizer = d_optimizer or adam()
     self.disc_iters = disc_iters
@@ -108,7 +127,7 @@ class GAN(tf.Module):
   def d_variables(self):
     vs = list(self.D.trainable_variables)
     for t in self.terms:
-      vs += list(getattr(t, "d_variables", lambda: [])())
+      vs += list(t.d_variables())
     return vs
 
   def g_variables(self):
@@ -130,13 +149,14 @@ class GAN(tf.Module):
       self.warm_start(self)
     ctx = self._context("d", tf.constant(0, tf.int64), 0, {
         "images": reals, "labels": tf.zeros([local_batch], tf.int32),
-        "true_labels": tf.zeros([local_batch], tf.int32)}, training=False)
+        "true_labels": tf.zeros([local_batch], tf.int32)})
+    ctx.fakes = self.G(ctx.z, ctx.fake_labels, training=False, rng=ctx.rng.child())
+    ctx.real_aug_seed, ctx.fake_aug_seed = ctx.rng.next_seed(), ctx.rng.next_seed()
     ctx.d_real = self.D(reals, ctx.real_labels_for_d, training=False)
     ctx.d_fake = self.D(ctx.fakes, ctx.fake_labels, training=False)
     for t in self.terms:
       t.build(ctx)
-    if hasattr(self.augment, "build"):
-      self.augment.build(image_shape)
+    self.augment.build(image_shape)
     self.g_optimizer.build(self.g_variables())
     self.d_optimizer.build(self.d_variables())
     for e, w in zip(self.G_ema.weights, self.G.weights):
@@ -149,7 +169,7 @@ class GAN(tf.Module):
              "d_optimizer": self.d_optimizer}
     for i, t in enumerate(self.terms):
       items[f"term{i}_{t.name}"] = t
-    if isinstance(self.augment, tf.Module):
+    if isinstance(self.augment, tf.Module):  # an augmenter with state (ADA)
       items["augment"] = self.augment
     return {k: checkpoints.variables_by_path(v) for k, v in items.items()}
 
@@ -165,32 +185,32 @@ class GAN(tf.Module):
       return None
     return rng.integers([batch], 0, self.num_classes)
 
-  def _context(self, phase, step, index, batch, training=True):
+  def _context(self, phase, step, index, batch):
+    """The context of D step `index` (0..disc_iters-1) or of the G step: this replica's
+    batch, the step's SampleRNG and its first two draws, z and the fake labels."""
     n = _replicas()
     b = batch["images"].shape[0]
     if b is None:  # multi-worker input pipelines lose the static batch size
       b = self.global_batch // n
       batch = {k: tf.ensure_shape(v, [b, *v.shape[1:]]) for k, v in batch.items()}
-    reals = batch["images"]
     rng = self._rng(step, index, b)
     z = rng.normal([b, self.G.z_dim])
     y_fake = self.sample_labels(rng, b)
-    fakes = None
-    if phase == "d":
-      fakes = tf.stop_gradient(self.G(z, y_fake, training=training, rng=rng.child()))
     labels = batch["labels"]
     return StepContext(
         gan=self, phase=phase, step=step,
         d_step=tf.cast(step, tf.int64) * self.disc_iters + index, rng=rng,
-        global_batch=b * n, local_batch=b, num_replicas=n, reals=reals, labels=labels,
-        true_labels=batch["true_labels"], z=z, fake_labels=y_fake, fakes=fakes,
-        real_aug_seed=rng.next_seed(), fake_aug_seed=rng.next_seed(),
+        global_batch=b * n, local_batch=b, num_replicas=n, reals=batch["images"],
+        labels=labels, true_labels=batch["true_labels"], z=z, fake_labels=y_fake,
         real_labels_for_d=labels if self.num_classes else None)
 
   # -- steps (replica context) ------------------------------------------------------------
   def d_step(self, batch, step, index):
     """One D update on one replica's batch; returns metrics (summed over replicas)."""
     ctx = self._context("d", step, index, batch)
+    rng = ctx.rng
+    ctx.fakes = tf.stop_gradient(self.G(ctx.z, ctx.fake_labels, training=True, rng=rng.child()))
+    ctx.real_aug_seed, ctx.fake_aug_seed = rng.next_seed(), rng.next_seed()
     with tf.GradientTape() as tape:
       x = tf.concat([ctx.augment_reals(ctx.reals), ctx.augment_fakes(ctx.fakes)], 0)
       y = None
@@ -210,21 +230,21 @@ class GAN(tf.Module):
       self.d_optimizer.apply_gradients(zip(grads, variables))
       for t in self.terms:
         t.after_d_step(ctx)
-      if hasattr(self.augment, "update"):
-        self.augment.update(ctx.d_real["logits"], ctx.step, ctx.global_batch)
+      self.augment.update(ctx.d_real["logits"], ctx.step, ctx.global_batch)
 
     metrics["d_skipped"] = self._update(update, ctx, grads, total, metrics["d_grad_norm"])
-    if hasattr(self.augment, "metrics"):
-      for k, v in self.augment.metrics().items():
-        metrics[k] = ctx.scalar(v)
+    for k, v in self.augment.metrics().items():
+      metrics[k] = ctx.scalar(v)
     metrics["d_loss"] = total
     return metrics
 
   def g_step(self, batch, step):
     """One G update on one replica's batch; returns metrics (summed over replicas)."""
     ctx = self._context("g", step, self.disc_iters, batch)
+    rng = ctx.rng
+    ctx.real_aug_seed, ctx.fake_aug_seed = rng.next_seed(), rng.next_seed()
     with tf.GradientTape() as tape:
-      ctx.fakes = self.G(ctx.z, ctx.fake_labels, training=True, rng=ctx.rng.child())
+      ctx.fakes = self.G(ctx.z, ctx.fake_labels, training=True, rng=rng.child())
       ctx.d_fake = self.D(ctx.augment_fakes(ctx.fakes), ctx.fake_labels, training=True)
       total, metrics = self._sum_terms(ctx, "g_loss")
     variables = self.g_variables()

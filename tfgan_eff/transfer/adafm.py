@@ -13,13 +13,16 @@ spectral norms keep the source's σ, and (3) gives every 3x3 convolution of the 
 layers an `AdaFM` kernel transform, Ŵ = γ ⊙ W + β with γ = 1, β = 0 at the start. γ and β
 get no gradient before G step `adafm_start_step`.
 
+Everything backbone-specific comes from the networks' `transfer_layout()`
+(`tfgan_eff/models/layout.py`): their blocks by resolution, the layers attached to a block,
+G's output layers, the class embeddings and D's heads. This file names no backbone.
 Which layers are re-initialized, how blocks map across resolutions, which convolutions are
 wrapped, the Adam caveat of a late start and what differs from the reference:
 docs/architecture.md, "AdaFM transfer, step by step".
 """
 
 import contextlib
-import re
+import os
 
 import gin
 import keras
@@ -35,37 +38,8 @@ from tfgan_eff.training import checkpoints
 from tfgan_eff.transfer import sources
 
 HIGH_LEVEL = ("finetune", "reinit")
-OUTPUT_LAYERS = ("conv_out",)  # BigGAN's output conv: frozen, not modulated (as conv_img)
 
 
-def _is_stylegan2(model):
-  return hasattr(model, "mapping_network") or type(model).__name__.startswith("StyleGAN2")
-
-
-def g_layer_resolutions(G):
-  """{top-level G layer name: the resolution it works at}; the output layers at full size."""
-  res = {}
-  if _is_stylegan2(G):
-    for b in G.blocks:
-      res[b.name] = b.resolution
-  else:
-    for i, b in enumerate(G.blocks):
-      res[b.name] = 8 * 2 ** i
-    for i, a in getattr(G, "attention", {}).items():
-      res[a.name] = 8 * 2 ** i
-    for name in ("bn_out", "conv_out"):
-      res[name] = G.resolution
-  return res
-
-
-def _block_number(name):
-  m = re.fullmatch(r"[a-z]+?(\d+)", name)
-  return int(m.group(1)) if m else None
-
-
-def _sublayers(layer):
-  # pylint: disable-next=protected-access
-  return list(layer._flatten_layers(include_self=True, recursive=True))
 
 
 def _in_scope(path):
@@ -80,6 +54,13 @@ def _under(path, prefixes):
   return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
+def _check_names(setting, names, layout, network):
+  unknown = sorted(set(names) - set(layout.layer_names()))
+  if unknown:
+    raise ValueError(f"AdaFMTransfer.{setting} names {unknown}, which are not layers of the "
+                     f"{network} (it has {sorted(layout.layer_names())}).")
+
+
 @configurable
 class AdaFMTransfer:
   """Loads a source GAN, freezes its low-level layers and wraps their 3x3 convs with AdaFM.
@@ -90,16 +71,17 @@ class AdaFMTransfer:
     generator: "G_ema" (default; the source's sampling generator) or "G": which source
       generator G and G_ema start from.
     low_level_resolution: the default low-level G layers are those working at this
-      resolution or more, plus the output layers (BigGAN `bn_out`, `conv_out`; StyleGAN2
+      resolution or more, plus G's output layers (BigGAN `bn_out`, `conv_out`; StyleGAN2
       toRGBs live in their blocks).
     g_low_level: explicit names of the low-level G layers (e.g. ["block3", "block4",
       "bn_out", "conv_out"]); overrides `low_level_resolution`.
     d_low_level: names of the frozen D layers; default the first (fromRGB) block.
     high_level: "finetune" (load the source's high-level G layers and train them) or
       "reinit" (keep their fresh initialization).
-    g_reinit: G variable path prefixes never loaded; default the class embedding.
+    g_reinit: G variable path prefixes never loaded; default the class embedding
+      (`G.transfer_layout().conditional`).
     d_reinit: D variable path prefixes never loaded; default the final linear layer and
-      the projection embedding.
+      the projection embedding (`D.transfer_layout().heads`).
     adafm_start_step: γ/β get no gradient before this G step (the reference: 10,000).
     adafm_d: also wrap the 3x3 convs of the frozen D layers (the reference does not).
   """
@@ -126,82 +108,63 @@ class AdaFMTransfer:
 
   # -- which layers ------------------------------------------------------------------------
   def low_level_g(self, G):
-    names = {l.name for l in G._layers}  # pylint: disable=protected-access
+    layout = G.transfer_layout()
     if self.g_low_level is not None:
-      unknown = sorted(set(self.g_low_level) - names)
-      if unknown:
-        raise ValueError(f"AdaFMTransfer.g_low_level names {unknown}, which are not layers "
-                         f"of the generator (it has {sorted(names)}).")
+      _check_names("g_low_level", self.g_low_level, layout, "generator")
       return list(self.g_low_level)
-    res = g_layer_resolutions(G)
-    return [n for n, r in res.items() if r >= self.low_level_resolution]
+    return [n for n, r in layout.resolutions().items() if r >= self.low_level_resolution]
 
   def low_level_d(self, D):
-    names = [l.name for l in D._layers]  # pylint: disable=protected-access
+    layout = D.transfer_layout()
     if self.d_low_level is not None:
-      unknown = sorted(set(self.d_low_level) - set(names))
-      if unknown:
-        raise ValueError(f"AdaFMTransfer.d_low_level names {unknown}, which are not layers "
-                         f"of the discriminator (it has {sorted(names)}).")
+      _check_names("d_low_level", self.d_low_level, layout, "discriminator")
       return list(self.d_low_level)
-    return [D.blocks[0].name]
+    return [layout.blocks[0].name]
 
   def reinit_g(self, G):
     if self.g_reinit is not None:
       return self.g_reinit
-    return ["mapping/embed"] if _is_stylegan2(G) else ["shared"]
+    return list(G.transfer_layout().conditional)
 
   def reinit_d(self, D):
     if self.d_reinit is not None:
       return self.d_reinit
-    last = D.out if _is_stylegan2(D) else D.linear
-    return [last.name, "projection"]
+    return list(D.transfer_layout().heads)
 
   # -- name mapping ------------------------------------------------------------------------
   @staticmethod
-  def block_map(target_blocks, source_paths, from_output):
-    """{target block name: source block name}, aligned from the output or input side."""
-    if not target_blocks:
-      return {}
-    pattern = re.sub(r"\d+$", "", target_blocks[0])
-    found = {p.split("/", 1)[0] for p in source_paths}
-    src = sorted((b for b in found if re.fullmatch(pattern + r"\d+", b)), key=_block_number)
-    tgt = list(target_blocks)
-    if pattern == "b":  # StyleGAN2 names blocks by resolution
-      src_order = src if from_output else src[::-1]
-      tgt_order = sorted(tgt, key=_block_number) if from_output else \
-          sorted(tgt, key=_block_number, reverse=True)
-    else:
-      src_order, tgt_order = src, sorted(tgt, key=_block_number)
-    if len(src_order) < len(tgt_order):
+  def block_map(layout, source_paths, from_output):
+    """{target top-level layer: source top-level layer} for the blocks of `layout` (a
+    `TransferLayout`) and the layers attached to them, the blocks aligned with the source's
+    (read from its variable paths) from the output or the input side."""
+    tgt = [b.name for b in layout.blocks]
+    src = layout.names.blocks(p.split("/", 1)[0] for p in source_paths)
+    if not tgt or len(src) < len(tgt):
       return {}  # fewer source blocks: names are kept and the check reports the first miss
     fixed = {}
-    if pattern == "b" and from_output and tgt_order[0] == "b4" and src_order[0] == "b4":
-      fixed = {"b4": "b4"}  # StyleGAN2's 4x4 block (const input) only maps to itself
-      src_order, tgt_order = src_order[1:], tgt_order[1:]
-    if from_output:
-      src_order = src_order[len(src_order) - len(tgt_order):]
-    return {**fixed, **dict(zip(tgt_order, src_order[:len(tgt_order)]))}
+    if tgt[0] in layout.pinned and src[0] == tgt[0]:
+      fixed = {tgt[0]: src[0]}  # a pinned block (StyleGAN2's const 4x4) only maps to itself
+      tgt, src = tgt[1:], src[1:]
+    src = src[len(src) - len(tgt):] if from_output else src[:len(tgt)]
+    m = {**fixed, **dict(zip(tgt, src))}
+    for block in layout.blocks:
+      for name in block.attached:
+        m[name] = layout.names.renumber(name, m[block.name])
+    return m
 
   def _source_path(self, path, rename):
     head, _, rest = path.partition("/")
     return f"{rename.get(head, head)}/{rest}" if rest else path
 
-  def _g_rename(self, G, src_paths):
-    m = self.block_map([b.name for b in G.blocks], src_paths, from_output=True)
-    for i, a in getattr(G, "attention", {}).items():  # BigGAN attention follows its block
-      src_block = m.get(G.blocks[i].name)
-      if src_block is not None:
-        m[a.name] = "attention" + str(_block_number(src_block))
-    return m
-
   # -- the transfer ------------------------------------------------------------------------
   def __call__(self, gan):
     G, G_ema, D = gan.G, gan.G_ema, gan.D
-    src = self.source if hasattr(self.source, "get") else sources.CheckpointSource(self.source)
+    src = (sources.CheckpointSource(self.source) if isinstance(self.source, (str, os.PathLike))
+           else self.source)  # a path, or a source object (NpzImporter)
+    g_layout, d_layout = G.transfer_layout(), D.transfer_layout()
     g_low, d_low = self.low_level_g(G), self.low_level_d(D)
-    g_rename = self._g_rename(G, src.paths(self.generator))
-    d_rename = self.block_map([b.name for b in D.blocks], src.paths("D"), from_output=False)
+    g_rename = self.block_map(g_layout, src.paths(self.generator), from_output=True)
+    d_rename = self.block_map(d_layout, src.paths("D"), from_output=False)
 
     plan = []  # (variable, value): everything is checked before anything is assigned
     g_skip = self.reinit_g(G)
@@ -210,9 +173,9 @@ class AdaFMTransfer:
       if _under(path, g_skip) or (not low and self.high_level == "reinit"):
         continue
       src_path = self._source_path(path, g_rename)
-      if (path.endswith("/noise_const") and
+      if (path.rsplit("/", 1)[-1] in g_layout.resolution_buffers and
           src.shape(self.generator, src_path) != tuple(var.shape)):
-        continue  # StyleGAN2's fixed noise of a block mapped from another resolution
+        continue  # e.g. StyleGAN2's fixed noise of a block mapped from another resolution
       plan.append((var, sources.check(src, self.generator, src_path, var, f"G/{path}")))
     d_skip = self.reinit_d(D)
     for path, var in checkpoints.variables_by_path(D).items():
@@ -231,18 +194,20 @@ class AdaFMTransfer:
 
   def _freeze_and_wrap(self, model, names, step_fn, wrap):
     """Freezes the named top-level layers; wraps their 3x3 convs. Returns the count."""
+    layout = model.transfer_layout()
     count = 0
-    for layer in model._layers:  # pylint: disable=protected-access
+    for layer in layout.layers:
       if layer.name not in names:
         continue
       layer.trainable = False
-      modulate = wrap and layer.name not in OUTPUT_LAYERS
-      for sub in _sublayers(layer):
-        if isinstance(sub, layers.SpectralNormMixin) and getattr(sub, "use_sn", False):
+      modulate = wrap and layer.name not in layout.output
+      for sub in layers.sublayers(layer):
+        if isinstance(sub, layers.SpectralNormMixin) and sub.use_sn:
           sub.freeze_sigma()
-        kernel = getattr(sub, "kernel", None)
-        if (modulate and hasattr(sub, "set_kernel_transform") and kernel is not None and
-            len(kernel.shape) == 4 and kernel.shape[0] == 3 and sub.kernel_transform is None):
+        if not (modulate and isinstance(sub, layers.KernelTransformMixin)):
+          continue
+        kernel = sub.kernel
+        if len(kernel.shape) == 4 and kernel.shape[0] == 3 and sub.kernel_transform is None:
           with _in_scope(kernel.path.rsplit("/", 1)[0]):
             adafm = layers.AdaFM(self.adafm_start_step if step_fn else 0, step_fn,
                                  name="adafm")
@@ -278,7 +243,7 @@ class AdaFMTransfer:
 
 def adafm_layers(model):
   """Every AdaFM transform inside `model`."""
-  return [l for l in _sublayers(model) if isinstance(l, layers.AdaFM)]
+  return [l for l in layers.sublayers(model) if isinstance(l, layers.AdaFM)]
 
 
 @configurable
