@@ -113,7 +113,9 @@ class MappingNetwork(keras.layers.Layer):
       x = fc(x)
     if training and update_w_avg and self.w_avg_beta is not None:
       self._update_w_avg(x)
-    ws = tf.tile(x[:, None, :], [1, self.num_ws, 1])
+    # broadcast_to, not tile, throughout: Tile's gradient does not compile with XLA inside
+    # the lazy-regularization cond.
+    ws = tf.broadcast_to(x[:, None, :], [tf.shape(x)[0], self.num_ws, x.shape[-1]])
     if not (isinstance(truncation, (int, float)) and truncation == 1.0):
       avg = tf.cast(self.w_avg, ws.dtype)
       ws = avg + tf.cast(truncation, ws.dtype) * (ws - avg)
@@ -192,7 +194,7 @@ class SynthesisBlock(keras.layers.Layer):
     """ws: [B, num_conv + 1, w_dim] (the last one for toRGB). Returns (x, rgb or None)."""
     if self.conv0 is None:
       b = tf.shape(ws)[0]
-      x = tf.tile(tf.cast(self.const, ws.dtype)[None], [b, 1, 1, 1])
+      x = tf.broadcast_to(tf.cast(self.const, ws.dtype)[None], [b, *self.const.shape])
       x = self.conv1(x, ws[:, 0], noise_mode=noise_mode, rng=rng)
     else:
       x = self.conv0(x, ws[:, 0], noise_mode=noise_mode, rng=rng)
@@ -325,7 +327,7 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
     del training  # no training-dependent behaviour in synthesis
     ws = tf.convert_to_tensor(ws)
     if ws.shape.rank == 2:
-      ws = tf.tile(ws[:, None, :], [1, self.num_ws, 1])
+      ws = tf.broadcast_to(ws[:, None, :], [tf.shape(ws)[0], self.num_ws, ws.shape[-1]])
     x = img = None
     i = 0
     for block in self.blocks:

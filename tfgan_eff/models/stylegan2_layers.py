@@ -413,7 +413,9 @@ class MinibatchStd(keras.layers.Layer):
     y = y - tf.reduce_mean(y, axis=1, keepdims=True)
     y = tf.sqrt(tf.reduce_mean(tf.square(y), axis=1) + 1e-8)  # [B/G, H, W, F, c]
     y = tf.reduce_mean(y, axis=[1, 2, 4])  # [B/G, F]
-    y = tf.repeat(y, g, axis=0)  # row i -> group i // G
+    # Row i gets group i // G: a broadcast and a reshape (tf.repeat's Tile gradient does
+    # not compile with XLA inside the lazy-R1 cond).
+    y = tf.reshape(tf.broadcast_to(y[:, None, :], [tf.shape(y)[0], g, f]), [-1, f])
     y = tf.broadcast_to(tf.cast(y, x.dtype)[:, None, None, :], tf.concat(
         [tf.shape(x)[:3], [f]], 0))
     return tf.concat([x, y], axis=-1)

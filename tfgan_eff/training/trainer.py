@@ -167,6 +167,9 @@ class Trainer:
       or ADA state changes; each skip is logged with its metric and counted in TensorBoard
       as `metrics/skipped_updates`; after `MAX_CONSECUTIVE_SKIPS` steps in a row with a
       skip the run stops as with 'stop').
+    jit_compile: compile each D and G step with XLA (the input iterator stays outside).
+      Off by default: on the CPUs measured (docs/performance.md) XLA was slower, and it
+      compiles for minutes; try it on GPUs and TPUs.
 
   SIGTERM or SIGINT (a preempted VM, Slurm, Kubernetes, Ctrl-C) finishes the current step,
   saves a checkpoint and raises `TrainingInterrupted` (bin/train exits 128 + signal).
@@ -175,7 +178,8 @@ class Trainer:
   def __init__(self, model_dir=gin.REQUIRED, data=gin.REQUIRED, train_steps=1000,
                batch_size=64, log_every=10, summary_every=25, image_every=250,
                checkpoint_every=500, keep_checkpoints=3, num_samples_grid=64,
-               eval_every=0, evaluator=None, on_nonfinite="stop", strategy=None):
+               eval_every=0, evaluator=None, on_nonfinite="stop", jit_compile=False,
+               strategy=None):
     # Every setting is checked before any data or model work (one line each).
     check_model_dir(model_dir)
     for name, value, minimum, allow_none, meaning in (
@@ -195,6 +199,7 @@ class Trainer:
     if data is None:
       raise ValueError("Trainer.data is None; set it, e.g. Trainer.data = @ImageData().")
     self.on_nonfinite = on_nonfinite
+    self.jit_compile = jit_compile
     self.model_dir = os.path.expanduser(model_dir)
     self.data = data
     self.train_steps, self.batch_size = train_steps, batch_size
@@ -262,6 +267,10 @@ class Trainer:
   # -- steps ------------------------------------------------------------------------------
   def _make_train_step(self):
     gan, strategy = self.gan, self.strategy
+    d_step, g_step = gan.d_step, gan.g_step
+    if self.jit_compile:
+      d_step = tf.function(d_step, jit_compile=True)
+      g_step = tf.function(g_step, jit_compile=True)
 
     @tf.function
     def train_step(iterator, stop):
@@ -269,11 +278,11 @@ class Trainer:
       metrics, d_skipped = {}, []
       for i in range(gan.disc_iters):
         batch = next(iterator)
-        metrics = strategy.run(gan.d_step, args=(batch, step, tf.constant(i, tf.int64)))
+        metrics = strategy.run(d_step, args=(batch, step, tf.constant(i, tf.int64)))
         d_skipped.append(strategy.reduce(tf.distribute.ReduceOp.SUM,
                                          metrics.pop("d_skipped"), axis=None))
       batch = next(iterator)
-      metrics.update(strategy.run(gan.g_step, args=(batch, step)))
+      metrics.update(strategy.run(g_step, args=(batch, step)))
       gan.update_ema(step + 1)
       self.step.assign_add(1)
       out = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
