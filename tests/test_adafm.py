@@ -45,11 +45,12 @@ def _build(batch=4):
   return gan
 
 
-def _train(gan, steps, batch=4):
+def _train(gan, steps, batch=4, resolution=32):
   """`steps` eager training steps (D steps, G step, EMA) on random images."""
   for step in range(steps):
     for i in range(gan.disc_iters + 1):
-      images = tf.random.stateless_uniform([batch, 32, 32, 1], [step, i], -1.0, 1.0)
+      images = tf.random.stateless_uniform([batch, resolution, resolution, 1], [step, i],
+                                           -1.0, 1.0)
       data = {"images": images, "labels": tf.zeros([batch], tf.int32),
               "true_labels": tf.zeros([batch], tf.int32)}
       step_t = tf.constant(step, tf.int64)
@@ -404,7 +405,7 @@ def test_transfer_works_on_a_backbone_it_has_never_seen(tmp_path):
     frozen = [G.ups[0].kernel, G.gates[0].w, G.to_image.kernel, D.downs[0].kernel]
     assert not any(v.trainable for v in frozen)
     before = _values(frozen + [G.fc.kernel, *adafm_layers(G)[0].weights])
-    metrics = _train_at(gan, 2, 8)
+    metrics = _train(gan, 2, resolution=8)
     after = _values(frozen + [G.fc.kernel, *adafm_layers(G)[0].weights])
     for v in frozen:
       np.testing.assert_array_equal(after[v.path], before[v.path], err_msg=v.path)
@@ -413,22 +414,6 @@ def test_transfer_works_on_a_backbone_it_has_never_seen(tmp_path):
     assert float(metrics["adafm_gamma_dev"]) > 0
   finally:
     gin.clear_config()
-
-
-def _train_at(gan, steps, resolution, batch=4):
-  for step in range(steps):
-    for i in range(gan.disc_iters + 1):
-      images = tf.random.stateless_uniform([batch, resolution, resolution, 1], [step, i],
-                                           -1.0, 1.0)
-      data = {"images": images, "labels": tf.zeros([batch], tf.int32),
-              "true_labels": tf.zeros([batch], tf.int32)}
-      step_t = tf.constant(step, tf.int64)
-      if i < gan.disc_iters:
-        gan.d_step(data, step_t, tf.constant(i, tf.int64))
-      else:
-        metrics = gan.g_step(data, step_t)
-    gan.update_ema(step + 1)
-  return metrics
 
 
 def test_sublayers_visit_what_keras_visits_in_its_order():
