@@ -239,7 +239,8 @@ def test_an_interrupted_run_evaluates_as_an_uninterrupted_one(tiny_gin, tmp_path
 # -- settings --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("binding, message", [
-    ("Trainer.train_steps = 'abc'", r"Trainer.train_steps must be an integer >= 1.*'abc' \(a str\)"),
+    ("Trainer.train_steps = 'abc'",
+     r"Trainer.train_steps must be an integer >= 1.*'abc' \(a str\)"),
     ("Trainer.train_steps = -5", r"Trainer.train_steps must be an integer >= 1.*-5"),
     ("Trainer.batch_size = '8'", r"Trainer.batch_size must be an integer.*'8'"),
     ("Trainer.batch_size = 0", r"Trainer.batch_size must be an integer >= 1"),

@@ -5,7 +5,7 @@ from tfgan_eff import augment  # noqa: F401  DiffAugment, AdaptiveAugment
 from tfgan_eff import data  # noqa: F401  ImageData, Digits, ImageFolder, Arrays, TFDS
 from tfgan_eff.eval import evaluator  # noqa: F401  Evaluator
 from tfgan_eff import objectives  # noqa: F401  Adversarial, R1Penalty, ...
-from tfgan_eff.objectives import self_supervised, semi_supervised  # noqa: F401  S3GAN terms
+from tfgan_eff.objectives import self_supervised, semi_supervised  # noqa: F401  (the S3GAN terms)
 from tfgan_eff.objectives import path_length  # noqa: F401  PathLengthPenalty
 from tfgan_eff.objectives import instance  # noqa: F401  InstanceDiscrimination (InsGen)
 from tfgan_eff.models import biggan, stylegan2  # noqa: F401

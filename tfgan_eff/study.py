@@ -37,7 +37,6 @@ import dataclasses
 import glob
 import hashlib
 import json
-import math
 import os
 import re
 import subprocess
@@ -739,8 +738,9 @@ def markdown(agg, grids, title="Study"):
            "evaluated checkpoints; *final*: at the last one. FID/KID against the reference "
            "set (the true distribution); *FID train*: against the training images. *memo*: "
            "share of samples nearer a training image (pixels) than half the median "
-           "train-train nearest-neighbour distance (unseen real images: in brackets). *leak*: share of samples with a "
-           "constant fill-valued square or border (real images: in brackets). *gap t−h*: D's "
+           "train-train nearest-neighbour distance (unseen real images: in brackets). "
+           "*leak*: share of samples with a constant fill-valued square or border (real "
+           "images: in brackets). *gap t−h*: D's "
            "mean logit on its training reals minus on unseen reals; *gap r−f*: training reals "
            "minus fakes (final checkpoint, no augmentation). *vs base*: ratio of mean best "
            "FID to the baseline; *sep.*: the seed ranges (min–max) do not overlap.", ""]

@@ -23,7 +23,6 @@ Two comparisons:
 
 import argparse
 import math
-import os
 import sys
 
 import numpy as np

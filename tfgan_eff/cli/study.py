@@ -7,8 +7,8 @@
 Re-running the same command skips finished cells and resumes the others from their last
 checkpoint; evaluations already made are reused. --notrain also scores the checkpoints that
 unfinished cells have made so far (kept for their report once they finish): a cell moved to
-another machine then needs only its newest checkpoint to go on. Outputs in --out: study.csv, study.md,
-fid_curves.png, grids.png, and one folder per cell under cells/ (see tfgan_eff/study.py).
+another machine then needs only its newest checkpoint to go on. Outputs in --out: study.csv,
+study.md, fid_curves.png, grids.png, and one folder per cell under cells/ (see tfgan_eff/study.py).
 """
 
 import os

@@ -23,7 +23,6 @@ import tensorflow as tf
 from absl import logging
 
 from tfgan_eff.config import configurable
-from tfgan_eff.data import sources as sources_lib
 
 
 def _to_channels(image, channels):

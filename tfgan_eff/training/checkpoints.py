@@ -116,5 +116,5 @@ def restore_latest(ckpt, directory):
   if damaged:
     raise CheckpointCorruptError(
         f"No intact checkpoint in '{directory}': " + " ".join(damaged) + " Move the "
-        f"damaged files away to start this run afresh, or restore them from a copy.")
+        "damaged files away to start this run afresh, or restore them from a copy.")
   return None
