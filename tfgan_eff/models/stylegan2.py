@@ -215,13 +215,13 @@ class StyleBasedGenerator:
   style_mixing_prob = 0.0
 
   def mapping(self, z, y=None, training=False, truncation=1.0):
-    raise NotImplementedError
+    raise NotImplementedError(f"{type(self).__name__} must implement mapping().")
 
   def style_mix(self, ws, y=None, truncation=1.0, rng=None, prob=None):
-    raise NotImplementedError
+    raise NotImplementedError(f"{type(self).__name__} must implement style_mix().")
 
   def synthesis(self, ws, training=False, rng=None, noise_mode="random"):
-    raise NotImplementedError
+    raise NotImplementedError(f"{type(self).__name__} must implement synthesis().")
 
 
 @configurable
