@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """FID/KID of quickstart AdaFM runs against ALL real images of the target digit.
 
-`bin/eval` compares with a run's own training set, which for gin/quickstart_adafm.gin is only
-25 images (a very noisy FID reference). This script compares each run's EMA generator with
-every real digit of the target class (180 nines) in the digits classifier's feature space
-(`feature_extractor="digits"`; not comparable with Inception FIDs).
+`bin/eval` compares with a run's own training set, which for
+gin/digits/biggan_digits32_adafm.gin is only 25 images (a very noisy FID reference). This
+script compares each run's EMA generator with every real digit of the target class (180
+nines) in the digits classifier's feature space (`feature_extractor="digits"`; not
+comparable with Inception FIDs).
 
     python experiments/adafm_digits_eval.py --target_class=9 runs/adafm runs/scratch ...
 """

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """DiffAugment vs. no augmentation on 10% of the built-in digits (the overfitting signal).
 
-Trains `gin/quickstart_diffaug.gin` (180 digits, DiffAugment "color,translation,cutout") and
-the same config with `GAN.augment = None` for the same number of steps, then measures, with
-the final D and without any augmentation:
+Trains `gin/digits/biggan_digits32_10pct_diffaug.gin` (180 digits, DiffAugment
+"color,translation,cutout") and the same config with `GAN.augment = None` for the same
+number of steps, then measures, with the final D and without any augmentation:
 
   * D's mean logit on the 180 training reals, on the 1,617 held-out digits, and on fakes;
   * the real/fake logit gap (train reals − fakes) and the generalization gap

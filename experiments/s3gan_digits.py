@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """S3GAN's classifier head vs. a pixel baseline on the built-in digits with 10% of the labels.
 
-Trains `gin/quickstart_s3gan.gin` (1,797 digits at 32x32, labels kept on a seeded,
+Trains `gin/digits/biggan_digits32_10pct_s3gan.gin` (1,797 digits at 32x32, labels kept on a seeded,
 class-balanced 10%: 179 images), then, with the final discriminator (the EMA only concerns
 G) and no augmentation, measures on the whole data set:
 
@@ -30,7 +30,8 @@ sys.path.insert(0, ROOT)
 from absl import app, flags, logging  # noqa: E402
 
 flags.DEFINE_string("out", "runs/s3gan_digits", "Output folder (the run and summary.json).")
-flags.DEFINE_string("gin_file", "gin/quickstart_s3gan.gin", "The config to train.")
+flags.DEFINE_string("gin_file", "gin/digits/biggan_digits32_10pct_s3gan.gin",
+                    "The config to train.")
 flags.DEFINE_multi_string("gin_param", [], "Extra gin bindings for the run.")
 flags.DEFINE_bool("retrain", False, "Train again even if the run is already complete.")
 flags.DEFINE_bool("train", True, "Train (or resume) before measuring; False only measures.")

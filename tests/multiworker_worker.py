@@ -8,13 +8,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tfgan_eff.configurables  # noqa: E402,F401
+from tfgan_eff import config  # noqa: E402
 from tfgan_eff.training.trainer import Trainer, make_strategy  # noqa: E402
 
 
@@ -23,7 +23,7 @@ def main():
   # First, before any TF op (as bin/train does): TF_CONFIG names a 2-worker cluster.
   strategy = make_strategy("auto")
   assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
-  gin.parse_config(sys.argv[3:])
+  config.parse([], sys.argv[3:], finalize=False)
   trainer = Trainer(model_dir=model_dir, strategy=strategy, train_steps=1)
   trainer.train()
   if trainer.is_chief:

@@ -1,34 +1,99 @@
-"""Every shipped gin config parses and builds its GAN (networks, terms, augmenter)."""
+"""Every shipped gin config, gin/base included, parses, builds its GAN (networks, terms,
+augmenter, transfer) and runs one D step and one G step at the sizes of gin/base/tiny.gin."""
 
 import glob
 import os
 
+import conftest
 import gin
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfgan_eff import config
 from tfgan_eff.training.gan import GAN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "gin", "*.gin")))
+CONFIGS = sorted(os.path.relpath(p, ROOT)
+                 for p in glob.glob(os.path.join(ROOT, "gin", "**", "*.gin"), recursive=True))
+
+# Macros a user must pass (data folders, source runs): any value parses.
+USER_MACROS = ["DATA_DIR = '/data'", "SOURCE = '/source'", "MNIST_IMAGES = '/mnist.gz'",
+               "NUM_IMAGES = 100", "PANDA_DIR = '/panda'"]
+# gin/base files are parts: (files before it, bindings after it) make each a whole config.
+BASE = {
+    "ada.gin": (["gin/digits/stylegan2_digits32.gin"], []),
+    "adafm_biggan128.gin": ([], ["NUM_CLASSES = 1"]),
+    "biggan.gin": ([], ["CHANNELS = 1", "NUM_CLASSES = 10", "G_LR = 2e-4", "D_LR = 2e-4"]),
+    "biggan_small.gin": ([], ["CHANNELS = 1", "NUM_CLASSES = 10"]),
+    "diffaugment_stylegan2.gin": (["gin/digits/stylegan2_digits32.gin"], []),
+    "s3gan.gin": (["gin/quickstart.gin"],
+                  ["GAN.terms = [@Adversarial(), @RotationTerm(), @ClassifierTerm()]"]),
+    "stylegan2.gin": ([], ["CHANNELS = 1", "NUM_CLASSES = 0", "LR = 0.0025"]),
+    "stylegan2_small.gin": ([], ["CHANNELS = 1", "NUM_CLASSES = 0"]),
+    "tiny.gin": (["gin/quickstart.gin"], []),
+}
 
 
-def test_there_are_configs():
-  assert len(CONFIGS) >= 10
+def test_there_are_configs_and_every_base_part_is_known():
+  assert len(CONFIGS) >= 30
+  bases = {os.path.basename(p) for p in CONFIGS if p.startswith(os.path.join("gin", "base"))}
+  assert bases == set(BASE)
+
+
+def _parse(path, extra=()):
+  """The config shrunk by gin/base/tiny.gin (its classes kept, at most 10)."""
+  before, after = BASE.get(os.path.basename(path), ([], [])) if "/base/" in path else ([], [])
+  gin.clear_config()
+  config.parse([os.path.join(ROOT, p) for p in before + [path]], USER_MACROS, finalize=False)
+  gin.parse_config(conftest.TINY_OVERLAY + list(after) + list(extra))
+  classes = gin.query_parameter("%NUM_CLASSES")
+  if classes > 10:
+    gin.parse_config(["NUM_CLASSES = 10"])
+
+
+def _batch(gan, batch, resolution, channels):
+  images = tf.random.stateless_uniform([batch, resolution, resolution, channels], [1, 2],
+                                       -1.0, 1.0)
+  labels = tf.range(batch, dtype=tf.int32) % max(gan.num_classes, 1)
+  return {"images": images, "labels": labels, "true_labels": labels}
+
+
+def _source_checkpoint(path, tmp_path):
+  """A warm start's source: the same config without the transfer, built and saved."""
+  _parse(path, ["GAN.warm_start = None"])
+  gan = GAN()
+  gan.build(8, (32, 32, gin.query_parameter("%CHANNELS")))
+  return tf.train.Checkpoint(**gan.checkpoint_items()).save(str(tmp_path / "source" / "ckpt"))
 
 
 @pytest.mark.parametrize("path", CONFIGS)
-def test_config_parses_and_constructs_its_gan(path):
+def test_config_builds_and_trains_one_tiny_step(path, tmp_path):
   try:
-    # Macros a user must pass (data folders, source runs): any value parses.
-    config.parse([os.path.join(ROOT, path)], ["DATA_DIR = '/data'", "SOURCE = '/source'",
-                                             "MNIST_IMAGES = '/mnist.gz'", "NUM_IMAGES = 100",
-                                             "PANDA_DIR = '/panda'"])
+    extra = []
+    _parse(path)
+    try:
+      warm = gin.query_parameter("GAN.warm_start")
+    except ValueError:
+      warm = None
+    if warm is not None:
+      extra = [f"SOURCE = '{_source_checkpoint(path, tmp_path)}'"]
+      _parse(path, extra)
+    resolution, channels = gin.query_parameter("%RESOLUTION"), gin.query_parameter("%CHANNELS")
+    assert resolution == 32
     gan = GAN()
-    assert gan.terms, path
-    assert gan.terms[0].name == "adversarial"
-    resolution = gin.query_parameter("%RESOLUTION")
-    assert resolution in (16, 32, 64, 128, 256, 512, 1024)
+    assert gan.terms and gan.terms[0].name == "adversarial", path
+    gan.build(8, (resolution, resolution, channels))
+    data = _batch(gan, 8, resolution, channels)
+    step = tf.constant(0, tf.int64)
+    d = gan.d_step(data, step, tf.constant(0, tf.int64))
+    g = gan.g_step(data, step)
+    gan.update_ema(1)
+    for k in ("d_loss", "d_grad_norm"):
+      assert np.isfinite(float(d[k])), (path, k, d[k])
+    for k in ("g_loss", "g_grad_norm"):
+      assert np.isfinite(float(g[k])), (path, k, g[k])
+    assert float(d["d_grad_norm"]) > 0 and float(g["g_grad_norm"]) > 0
   finally:
     gin.clear_config()
 
@@ -36,6 +101,22 @@ def test_config_parses_and_constructs_its_gan(path):
 def test_a_missing_required_macro_names_itself_and_the_fix():
   try:
     with pytest.raises(ValueError, match=r"needs a value for DATA_DIR.*--gin_param=\"DATA_DIR="):
-      config.parse([os.path.join(ROOT, "gin", "stylegan2_ffhq256_2k.gin")])
+      config.parse([os.path.join(ROOT, "gin", "stylegan2", "stylegan2_ffhq256_2k_ada.gin")])
   finally:
     gin.clear_config()
+
+
+def test_lazy_adam_computes_the_official_factors():
+  from tfgan_eff.training.optimizers import lazy_adam  # pylint: disable=import-outside-toplevel
+  g, d = lazy_adam(0.0025, 0.0, 0.99, reg_interval=4), lazy_adam(0.0025, 0.0, 0.99,
+                                                                 reg_interval=16)
+  # The numbers the configs used to spell out: 0.0025 * 4/5, 0.99 ** (4/5), ... 16/17.
+  assert float(g.learning_rate) == pytest.approx(0.002, rel=1e-6)
+  assert float(d.learning_rate) == pytest.approx(0.00235294, rel=1e-6)
+  assert g.beta_2 == pytest.approx(0.991992, abs=1e-6)
+  assert d.beta_2 == pytest.approx(0.990585, abs=1e-6)
+  assert g.beta_1 == 0.0
+  plain = lazy_adam(0.0025, 0.0, 0.99, reg_interval=1)
+  assert float(plain.learning_rate) == pytest.approx(0.0025) and plain.beta_2 == 0.99
+  with pytest.raises(ValueError, match="reg_interval must be >= 1"):
+    lazy_adam(reg_interval=0)

@@ -17,7 +17,6 @@ from tfgan_eff.objectives.instance import default_queue_size
 from tfgan_eff.training.gan import GAN
 from tfgan_eff.training.runs import load_gan
 from tfgan_eff.training.trainer import Trainer
-from test_s3gan import TINY_OVERRIDES
 from test_training import LINEAR_ADAM
 
 INSGEN_TERMS = "GAN.terms = [@Adversarial(), @InstanceDiscrimination()]"
@@ -139,12 +138,12 @@ def _tiny(tiny_gin, *extra):
 
 @pytest.fixture(scope="module")
 def insgen_run(tmp_path_factory):
-  """One step of the tiny quickstart_insgen.gin (shared by the tests below: one build)."""
+  """One step of the tiny InsGen quickstart (shared by the tests below: one build)."""
   model_dir = str(tmp_path_factory.mktemp("insgen"))
   try:
     gin.clear_config()
-    config.parse([os.path.join(ROOT, "gin", "quickstart_insgen.gin")], finalize=False)
-    gin.parse_config(TINY_OVERRIDES + ["NUM_CLASSES = 10"])
+    config.parse([os.path.join(ROOT, "gin", "digits", "biggan_digits32_10pct_diffaug_insgen.gin")],
+                 conftest.TINY_OVERLAY + ["NUM_CLASSES = 10"], finalize=False)
     t = Trainer(model_dir=model_dir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
     assert [x.name for x in t.gan.terms] == ["adversarial", "instance"]
     t.train()
@@ -312,11 +311,11 @@ def test_diversity_loss_trains_g_and_not_through_the_key(insgen_run):
 
 # -- configs -------------------------------------------------------------------------------
 CONFIGS = {  # name -> (terms, real queue, fake queue, momentum)
-    "quickstart_insgen": (["adversarial", "instance"], 64, 256, 0.99),
-    "biggan_cifar10_10pct_insgen": (["adversarial", "instance"], 500, 500, 0.999),
-    "stylegan2_ffhq256_2k_insgen": (
+    "digits/biggan_digits32_10pct_diffaug_insgen": (["adversarial", "instance"], 64, 256, 0.99),
+    "biggan/biggan_cifar10_10pct_diffaug_insgen": (["adversarial", "instance"], 500, 500, 0.999),
+    "stylegan2/stylegan2_ffhq256_2k_ada_insgen": (
         ["adversarial", "r1", "path_length", "instance"], 200, 200, 0.999),
-    "stylegan2_afhq_cat512_insgen": (
+    "stylegan2/stylegan2_afhqcat512_ada_insgen": (
         ["adversarial", "r1", "path_length", "instance"], 514, 514, 0.999),
 }
 

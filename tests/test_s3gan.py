@@ -121,29 +121,19 @@ def test_classifier_term_needs_a_conditional_gan():
 
 
 # -- configs -----------------------------------------------------------------------------
-TINY_OVERRIDES = [
-    "ImageData.source = @Digits()", "ImageData.num_images = 64", "ImageData.data_fraction = 1.0",
-    "ImageData.random_flip = False", "RESOLUTION = 32", "CHANNELS = 1",
-    "Trainer.batch_size = 8", "Trainer.train_steps = 1", "Trainer.log_every = 1000",
-    "Trainer.summary_every = 1", "Trainer.image_every = 1000", "Trainer.checkpoint_every = 1000",
-    "Trainer.num_samples_grid = 4", "Trainer.eval_every = 0",
-    "BigGANGenerator.ch = 4", "BigGANDiscriminator.ch = 4", "BigGANGenerator.z_dim = 16",
-    "BigGANGenerator.shared_dim = 8", "BigGANGenerator.attention_resolution = 16",
-    "BigGANDiscriminator.attention_resolution = 16",
-]
 EXPECTED = {  # terms, label_fraction, conditional
-    "quickstart_s3gan": (["adversarial", "rotation", "classifier"], 0.1, True),
-    "quickstart_s2gan_co": (["adversarial", "classifier"], 0.1, True),
-    "quickstart_ssgan": (["adversarial", "rotation"], 1.0, False),
-    "quickstart_supervised": (["adversarial"], 1.0, True),
-    "quickstart_unsupervised": (["adversarial"], 1.0, False),
+    "digits/biggan_digits32_10pct_s3gan": (["adversarial", "rotation", "classifier"], 0.1, True),
+    "digits/biggan_digits32_10pct_s2gan_co": (["adversarial", "classifier"], 0.1, True),
+    "digits/biggan_digits32_ssgan": (["adversarial", "rotation"], 1.0, False),
+    "digits/biggan_digits32": (["adversarial"], 1.0, True),
+    "digits/biggan_digits32_unsupervised": (["adversarial"], 1.0, False),
     "s3gan_10pct": (["adversarial", "rotation", "classifier"], 0.1, True),
-    "s3gan_5pct": (["adversarial", "rotation", "classifier"], 0.05, True),
-    "s3gan_20pct": (["adversarial", "rotation", "classifier"], 0.2, True),
-    "s3gan_cifar10_10pct": (["adversarial", "rotation", "classifier"], 0.1, True),
-    "s2gan_co_10pct": (["adversarial", "classifier"], 0.1, True),
-    "ssgan_imagenet128": (["adversarial", "rotation"], 1.0, False),
-    "unsupervised_imagenet128": (["adversarial"], 1.0, False),
+    "s3gan/biggan_imagenet128_5pct_s3gan": (["adversarial", "rotation", "classifier"], 0.05, True),
+    "s3gan/biggan_imagenet128_20pct_s3gan": (["adversarial", "rotation", "classifier"], 0.2, True),
+    "s3gan/biggan_cifar10_10pct_s3gan": (["adversarial", "rotation", "classifier"], 0.1, True),
+    "s3gan/biggan_imagenet128_10pct_s2gan_co": (["adversarial", "classifier"], 0.1, True),
+    "s3gan/biggan_imagenet128_ssgan": (["adversarial", "rotation"], 1.0, False),
+    "biggan/biggan_imagenet128_unsupervised": (["adversarial"], 1.0, False),
 }
 
 
@@ -156,7 +146,7 @@ def _parse_tiny(name):
     fraction = gin.query_parameter("ImageData.label_fraction")
   except ValueError:  # not bound: ImageData's default
     fraction = 1.0
-  gin.parse_config(TINY_OVERRIDES + extra)
+  gin.parse_config(conftest.TINY_OVERLAY + extra)
   return fraction
 
 
@@ -187,8 +177,8 @@ def _one_step(name, model_dir):
 
 @pytest.fixture(scope="module")
 def s3gan_run(tmp_path_factory):
-  """One step of the tiny quickstart_s3gan.gin, shared by the tests below (one build)."""
-  return _one_step("quickstart_s3gan", str(tmp_path_factory.mktemp("s3gan")))
+  """One step of the tiny S3GAN quickstart, shared by the tests below (one build)."""
+  return _one_step("digits/biggan_digits32_10pct_s3gan", str(tmp_path_factory.mktemp("s3gan")))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -210,13 +200,6 @@ def test_quickstart_s3gan_runs_a_step(s3gan_run):
     assert 0.0 < s["class_loss"] < 20.0
   else:
     assert s["class_loss"] == 0.0 and s["classifier_accuracy_labelled"] == 0.0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["quickstart_s2gan_co", "quickstart_ssgan",
-                                  "quickstart_supervised", "quickstart_unsupervised"])
-def test_quickstart_variants_run_a_step(name, tmp_path):
-  _one_step(name, str(tmp_path))
 
 
 def test_heads_are_trained_by_d_optimizer_and_checkpointed(s3gan_run):

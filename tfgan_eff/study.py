@@ -310,6 +310,14 @@ def cell_status(out, cell):
   return "done" if info.get("status") == "done" else "partial"
 
 
+def _status_or_none(out, cell):
+  try:
+    return cell_status(out, cell)
+  except ValueError as e:
+    logging.warning("Not reported: %s", e)
+    return None
+
+
 def train_command(out, cell):
   cmd = [sys.executable, os.path.join(PROJECT_ROOT, "bin", "train"),
          f"--model_dir={cell_dir(out, cell)}"]
@@ -563,12 +571,14 @@ def _try_metrics(fn):
     return {}
 
 
-def evaluate_cell(ev, out, cell, final=True):
+def evaluate_cell(ev, out, cell, final=True, score=True):
   """Scores the cell's checkpoints not yet scored under this protocol; -> its rows.
 
   `final=False` (an unfinished cell): scores the checkpoints it has made so far and returns
   nothing. Their rows stay in the cell's file for when it finishes, so a cell can move to
-  another machine with only its newest checkpoint (the one it resumes from)."""
+  another machine with only its newest checkpoint (the one it resumes from).
+  `score=False`: scores nothing; the rows of a finished cell whose evaluation is complete,
+  else none."""
   model_dir = cell_dir(out, cell)
   steps = _checkpoint_steps(model_dir)
   path = os.path.join(model_dir, EVAL_FILE)
@@ -598,6 +608,8 @@ def evaluate_cell(ev, out, cell, final=True):
   if final and all(s in have for s in wanted) and os.path.exists(
       os.path.join(model_dir, GRID_FILE)):
     return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+  if not score:
+    return []
   if not final:
     wanted = [s for s in wanted if s not in have]
     if not wanted:
@@ -960,6 +972,10 @@ def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=Tr
       for c in cells:
         if c.name not in evaluated and cell_status(out, c) == "partial":
           evaluate_cell(ev, out, c, final=False)
+    chosen = {c.name for c in cells}
+    for c in study.cells:  # the report covers the whole study; --only limits the work
+      if c.name not in chosen and _status_or_none(out, c) == "done":
+        rows.extend(evaluate_cell(ev, out, c, score=False))
     agg = report(out, study, rows, title)
     logging.info("Wrote %s (study.csv, study.md, fid_curves.png, grids.png).", out)
   if failures:

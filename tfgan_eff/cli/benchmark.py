@@ -3,7 +3,7 @@
   bin/benchmark --gin_file=gin/quickstart.gin --steps=20
   bin/benchmark --gin_file=gin/quickstart.gin \
       --variant="diffaug:GAN.augment=@DiffAugment();DiffAugment.policy='translation,cutout'"
-  bin/benchmark --describe --gin_file=gin/biggan_imagenet128.gin
+  bin/benchmark --describe --gin_file=gin/biggan/biggan_imagenet128.gin
   bin/benchmark --extractor=digits            # FID feature extraction throughput
   bin/benchmark --extractor=inception --inception_path=classify_image_graph_def.pb
 

@@ -58,7 +58,7 @@ def _downsample(x):
   return tf.nn.avg_pool2d(x, 2, 2, "VALID")
 
 
-class GBlock(keras.layers.Layer):
+class GBlock(layers.BuildOnCall, keras.layers.Layer):
   """BN -> ReLU -> up -> conv3 -> BN -> ReLU -> conv3, plus up -> conv1 shortcut."""
 
   def __init__(self, in_ch, out_ch, conditional, use_sn=True, bn_momentum=0.9, **kwargs):
@@ -85,7 +85,7 @@ class GBlock(keras.layers.Layer):
     return h + self.conv_sc(_upsample(x), training=training)
 
 
-class DBlock(keras.layers.Layer):
+class DBlock(layers.BuildOnCall, keras.layers.Layer):
   """(ReLU) -> conv3 -> ReLU -> conv3 -> (avg-pool), plus a 1x1 shortcut when needed."""
 
   def __init__(self, in_ch, out_ch, downsample, preactivation, use_sn=True, **kwargs):
@@ -114,7 +114,7 @@ class DBlock(keras.layers.Layer):
 
 
 @configurable
-class BigGANGenerator(keras.Model):
+class BigGANGenerator(layers.BuildOnCall, keras.Model):
   """BigGAN generator: hierarchical z, shared class embedding, conditional BN.
 
   Args:
@@ -216,7 +216,7 @@ class BigGANGenerator(keras.Model):
 
 
 @configurable
-class BigGANDiscriminator(keras.Model):
+class BigGANDiscriminator(layers.BuildOnCall, keras.Model):
   """BigGAN discriminator: residual down-blocks, attention, sum pooling, projection.
 
   Returns `{"logits": [B], "features": [B, C], "feature_map": [B, h, w, C]}`.

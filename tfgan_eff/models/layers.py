@@ -268,7 +268,20 @@ class CrossReplicaBatchNorm(keras.layers.Layer):
             "center": self.center, "scale": self.scale}
 
 
-class ConditionalBatchNorm(keras.layers.Layer):
+class BuildOnCall:
+  """For a layer made of sublayers that build themselves: each builds on its first call.
+
+  Keras 3 builds a layer that has no `build` method, but unbuilt sublayers, by first tracing
+  its whole `call` symbolically in a scratch graph. For a network that tracing is most of
+  the cost of creating it (a small BigGAN G: ~6 s on a CPU, for each of G, G_ema and D);
+  with this `build`, the first real call builds the sublayers, in the same order.
+  """
+
+  def build(self, *args, **kwargs):
+    del args, kwargs
+
+
+class ConditionalBatchNorm(BuildOnCall, keras.layers.Layer):
   """Cross-replica batch norm with gain and bias predicted from a conditioning vector.
 
   γ = 1 + W_γ·c and β = W_β·c (spectrally normalized linear maps without bias), as in
