@@ -6,6 +6,7 @@ this file. Loading a trained run back (tools, studies): `training/runs.py`.
 """
 
 import atexit
+import functools
 import glob
 import json
 import os
@@ -267,12 +268,13 @@ class Trainer:
   # -- steps ------------------------------------------------------------------------------
   def _make_train_step(self):
     gan, strategy = self.gan, self.strategy
-    d_step, g_step = gan.d_step, gan.g_step
-    if self.jit_compile:
-      d_step = tf.function(d_step, jit_compile=True)
-      g_step = tf.function(g_step, jit_compile=True)
+    # Functions of their own: the disc_iters D steps call one traced D step (traced once,
+    # not once per D step), and with jit_compile XLA compiles the step math while the
+    # iterator stays outside.
+    d_step = tf.function(gan.d_step, jit_compile=self.jit_compile or None, autograph=False)
+    g_step = tf.function(gan.g_step, jit_compile=self.jit_compile or None, autograph=False)
 
-    @tf.function
+    @functools.partial(tf.function, autograph=False)
     def train_step(iterator, stop):
       step = self.step.read_value()
       metrics, d_skipped = {}, []
