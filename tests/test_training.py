@@ -45,8 +45,9 @@ LINEAR_ADAM = ["g/adam.epsilon = 1.0", "d/adam.epsilon = 1.0", "g/adam.learning_
                "GAN.d_optimizer = @d/adam()"]
 
 
-@pytest.mark.parametrize("extra", [[], ["GAN.terms = [@Adversarial(), @R1Penalty()]",
-                                        "Adversarial.loss = 'non_saturating'"]])
+@pytest.mark.parametrize("extra", [[], pytest.param(
+    ["GAN.terms = [@Adversarial(), @R1Penalty()]", "Adversarial.loss = 'non_saturating'"],
+    marks=pytest.mark.slow, id="r1")])  # R1 on 2 replicas: also the StyleGAN2 test's
 def test_one_vs_two_replicas_give_the_same_weights(tiny_gin, tmp_path, extra):
   tiny_gin(*LINEAR_ADAM, *extra)
   t1 = Trainer(model_dir=str(tmp_path / "one"), strategy=_one_device(), train_steps=1)
