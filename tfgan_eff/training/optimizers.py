@@ -16,9 +16,10 @@ def lazy_adam(learning_rate=0.0025, beta_1=0.0, beta_2=0.99, epsilon=1e-8, reg_i
   """Adam for a network regularized lazily, every `reg_interval` steps (StyleGAN2).
 
   As stylegan2-ada-pytorch's training loop: with c = reg_interval / (reg_interval + 1), the
-  optimizer runs at learning_rate · c and betas β ** c, so that the regularized and
-  unregularized steps together keep the configured rates. `reg_interval = 1` is plain Adam
-  with these settings, the form for a network without lazy regularization.
+  optimizer runs at learning_rate · c and betas β ** c (there the regularizer takes its own
+  optimizer step every reg_interval steps, which c compensates; here it is folded into the
+  ordinary step: docs/architecture.md). `reg_interval = 1` is plain Adam with these
+  settings, the form for a network without lazy regularization.
   """
   if reg_interval < 1:
     raise ValueError(f"lazy_adam.reg_interval must be >= 1, got {reg_interval}.")
