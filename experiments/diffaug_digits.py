@@ -45,7 +45,7 @@ def train(name, extra):
   if FLAGS.retrain and os.path.exists(model_dir):
     shutil.rmtree(model_dir)
   cmd = [sys.executable, os.path.join(ROOT, "bin", "train"),
-         "--gin_file=" + os.path.join(ROOT, "gin", "quickstart_diffaug.gin"),
+         "--gin_file=" + os.path.join(ROOT, "gin", "digits", "biggan_digits32_10pct_diffaug.gin"),
          f"--model_dir={model_dir}", f"--gin_param=Trainer.train_steps = {FLAGS.steps}",
          "--gin_param=Trainer.checkpoint_every = 100000"]
   cmd += [f"--gin_param={b}" for b in extra]
