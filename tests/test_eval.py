@@ -332,6 +332,31 @@ def test_digits_classifier_extractor(digits_extractor, digits_cache):
                              rtol=1e-5, atol=1e-6)
 
 
+def test_an_extractor_keeps_its_own_weights_when_given_a_folder(digits_extractor, digits_cache,
+                                                                 tmp_path):
+  """A study pins its extractor: the folder's copy is seeded from the cache, and once there
+  it wins over the cache (a retrained cache must not move the study's feature space)."""
+  pinned = str(tmp_path / "study" / "extractor")
+  a = features_lib.DigitsClassifierExtractor(cache_dir=digits_cache, weights_dir=pinned)
+  assert a.weights_path.startswith(pinned) and a.sha256 == digits_extractor.sha256
+  assert a.heldout_accuracy == digits_extractor.heldout_accuracy
+  # The cache's weights change (another machine retrained them); the study's do not.
+  cached = digits_extractor.weights_path
+  with open(cached, "rb") as f:
+    original = f.read()
+  try:
+    other = features_lib.DigitsClassifierExtractor(cache_dir=digits_cache)
+    other.model.weights[0].assign_add(tf.ones_like(other.model.weights[0]) * 0.01)
+    other.model.save_weights(str(tmp_path / "w.weights.h5"))
+    os.replace(str(tmp_path / "w.weights.h5"), cached)
+    b = features_lib.DigitsClassifierExtractor(cache_dir=digits_cache, weights_dir=pinned)
+    assert b.sha256 == a.sha256
+    assert features_lib.DigitsClassifierExtractor(cache_dir=digits_cache).sha256 != a.sha256
+  finally:
+    with open(cached, "wb") as f:
+      f.write(original)
+
+
 def _digits_32px():
   from sklearn.datasets import load_digits
   x = np.round(load_digits().images * (255.0 / 16.0))[..., None]

@@ -200,6 +200,15 @@ class StudyEval:
     self.metrics_available = True  # False once the extractor proved unavailable
     self.protocol = None
 
+  def keep_extractor_weights_in(self, folder):
+    """The study's trained extractor ("digits", "mnist") keeps its weights in `folder`,
+    recorded with the study: seeded training is not bit-reproducible across CPUs, and a
+    retrained extractor would score later cells in another feature space (another protocol
+    key, not comparable)."""
+    if self.feature_extractor in ("digits", "mnist"):
+      self.evaluator.keep_extractor_weights_in(folder)
+      self.train_evaluator.keep_extractor_weights_in(folder)
+
   def extractor_tag(self):
     """Builds the one feature extractor both evaluators share; -> its cache tag, or
     "unavailable" when it is Inception and the graph cannot be had offline."""
@@ -919,6 +928,8 @@ def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=Tr
   if not cells:
     raise ValueError(f"No cell of '{spec_path}' matches --only='{only}'.")
   os.makedirs(out, exist_ok=True)
+  if study.evaluation is not None:
+    study.evaluation.keep_extractor_weights_in(os.path.join(out, "extractor"))
   status = {c.name: cell_status(out, c) for c in cells}  # before any work: spec mismatches
   title = os.path.splitext(os.path.basename(spec_path))[0]
   with open(spec_path) as f:

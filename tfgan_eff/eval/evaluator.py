@@ -36,10 +36,12 @@ _MNIST_PATH_MISSING = (
 
 def make_extractor(feature_extractor="inception", inception_path=None,
                    cache_dir=DEFAULT_CACHE_DIR, resize="legacy_tf", download=False,
-                   inception_sha256=None, batch_size=50, mnist_path=None):
+                   inception_sha256=None, batch_size=50, mnist_path=None, weights_dir=None):
   """"inception" | "digits" | "mnist" | a FeatureExtractor instance -> FeatureExtractor.
 
   "mnist" needs `mnist_path`, the MNIST t10k-images-idx3-ubyte.gz (labels beside it).
+  `weights_dir`: where the trained ("digits", "mnist") extractors keep their own copy of
+  their weights (a study's folder); None: the cache.
   """
   if isinstance(feature_extractor, FeatureExtractor):
     return feature_extractor
@@ -49,11 +51,11 @@ def make_extractor(feature_extractor="inception", inception_path=None,
                           expected_sha256=inception_sha256, resize=resize,
                           batch_size=batch_size)
   if feature_extractor == "digits":
-    return DigitsClassifierExtractor(cache_dir=cache_dir)
+    return DigitsClassifierExtractor(cache_dir=cache_dir, weights_dir=weights_dir)
   if feature_extractor == "mnist":
     if mnist_path is None:
       raise ValueError(_MNIST_PATH_MISSING)
-    return MnistClassifierExtractor(mnist_path, cache_dir=cache_dir)
+    return MnistClassifierExtractor(mnist_path, cache_dir=cache_dir, weights_dir=weights_dir)
   raise ValueError(f"Unknown feature_extractor '{feature_extractor}': use 'inception' (the "
                    f"standard FID network), 'digits' (toy domain FID for digit datasets) or "
                    f"'mnist' (domain FID for MNIST; set mnist_path).")
@@ -125,6 +127,13 @@ class Evaluator:
                                 inception_sha256=inception_sha256, batch_size=batch_size,
                                 mnist_path=mnist_path)
     self._extractor = None
+
+  def keep_extractor_weights_in(self, folder):
+    """A trained extractor ("digits", "mnist") keeps its weights in `folder` (seeded from
+    the cache), so that its scores stay comparable on any machine. Before first use."""
+    if self._extractor is not None:
+      raise RuntimeError("keep_extractor_weights_in() must come before the extractor is built.")
+    self._extractor_args["weights_dir"] = folder
 
   @property
   def extractor(self):

@@ -17,6 +17,7 @@ import abc
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -174,14 +175,25 @@ class _LeNetClassifierExtractor(FeatureExtractor):
   _learning_rate = 2e-3
 
   def __init__(self, resolution=32, cache_dir=DEFAULT_CACHE_DIR, seed=0, epochs=5,
-               batch_size=256, retrain=False):
+               batch_size=256, retrain=False, weights_dir=None):
     self.resolution = int(resolution)
     self.name = f"{self._prefix}-lenet{self.resolution}-v{self._version}"
     self.resize = f"bilinear-antialias-{self.resolution}"
     self.batch_size = batch_size
     self.seed = seed
-    self.cache_dir = os.path.expanduser(cache_dir)
+    # weights_dir (e.g. a study's folder) keeps this extractor's own copy of the weights:
+    # training is seeded but not bit-reproducible across CPUs and kernels, and every score
+    # of a study must come from one set of weights. A missing copy is seeded from the cache.
+    self.cache_dir = os.path.expanduser(weights_dir or cache_dir)
     self.weights_path = os.path.join(self.cache_dir, f"{self.name}-seed{seed}.weights.h5")
+    cached = os.path.join(os.path.expanduser(cache_dir), os.path.basename(self.weights_path))
+    if weights_dir and not os.path.exists(self.weights_path) and os.path.exists(cached):
+      os.makedirs(self.cache_dir, exist_ok=True)
+      for src, dst in ((cached, self.weights_path),
+                       (cached[:-len(".weights.h5")] + ".json", self._info_path())):
+        if os.path.exists(src):
+          shutil.copyfile(src, dst + ".tmp")
+          os.replace(dst + ".tmp", dst)
     self.model = _build_lenet(self.resolution, seed, name=f"{self._prefix}_lenet")
     self.heldout_accuracy = None
     if os.path.exists(self.weights_path) and not retrain:
@@ -430,11 +442,11 @@ class MnistClassifierExtractor(_LeNetClassifierExtractor):
   _max_shift = 2
 
   def __init__(self, path, resolution=32, cache_dir=DEFAULT_CACHE_DIR, seed=0, epochs=8,
-               batch_size=256, retrain=False):
+               batch_size=256, retrain=False, weights_dir=None):
     # Checked before any state is written, whether or not the weights are cached.
     self.path, _ = _mnist_files(path)
     super().__init__(resolution=resolution, cache_dir=cache_dir, seed=seed, epochs=epochs,
-                     batch_size=batch_size, retrain=retrain)
+                     batch_size=batch_size, retrain=retrain, weights_dir=weights_dir)
 
   def _training_data(self):
     images, labels = _load_mnist(self.path)
