@@ -184,13 +184,14 @@ class _LeNetClassifierExtractor(FeatureExtractor):
     # weights_dir (e.g. a study's folder) keeps this extractor's own copy of the weights:
     # training is seeded but not bit-reproducible across CPUs and kernels, and every score
     # of a study must come from one set of weights. A missing copy is seeded from the cache.
-    self.cache_dir = os.path.expanduser(weights_dir or cache_dir)
-    self.weights_path = os.path.join(self.cache_dir, f"{self.name}-seed{seed}.weights.h5")
+    self.weights_dir = os.path.expanduser(weights_dir or cache_dir)
+    self.weights_path = os.path.join(self.weights_dir, f"{self.name}-seed{seed}.weights.h5")
     cached = os.path.join(os.path.expanduser(cache_dir), os.path.basename(self.weights_path))
     if weights_dir and not os.path.exists(self.weights_path) and os.path.exists(cached):
-      os.makedirs(self.cache_dir, exist_ok=True)
-      for src, dst in ((cached, self.weights_path),
-                       (cached[:-len(".weights.h5")] + ".json", self._info_path())):
+      os.makedirs(self.weights_dir, exist_ok=True)
+      # The json first: the weights file is what marks the copy complete.
+      for src, dst in ((cached[:-len(".weights.h5")] + ".json", self._info_path()),
+                       (cached, self.weights_path)):
         if os.path.exists(src):
           shutil.copyfile(src, dst + ".tmp")
           os.replace(dst + ".tmp", dst)
@@ -271,8 +272,8 @@ class _LeNetClassifierExtractor(FeatureExtractor):
     self.heldout_accuracy = float((logits.argmax(axis=1) == y_held).mean())
 
   def _save(self):
-    os.makedirs(self.cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".weights.h5")
+    os.makedirs(self.weights_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=self.weights_dir, prefix=".tmp-", suffix=".weights.h5")
     os.close(fd)
     try:
       self.model.save_weights(tmp, overwrite=True)
@@ -317,6 +318,8 @@ class DigitsClassifierExtractor(_LeNetClassifierExtractor):
   Args:
     resolution: the classifier's input size.
     cache_dir: where the trained weights are kept
+    weights_dir: keep (and load) the weights here instead, seeded from the cache (a study's
+      own copy; see tfgan_eff/study.py)
       (`digits-lenet<res>-v1-seed<seed>.weights.h5`).
     seed: initialisation and shuffling seed.
     epochs: training epochs over the ~6,000 training views.
@@ -429,6 +432,8 @@ class MnistClassifierExtractor(_LeNetClassifierExtractor):
       (t10k-labels-idx1-ubyte(.gz)) must sit beside it.
     resolution: the classifier's input size.
     cache_dir: where the trained weights are kept
+    weights_dir: keep (and load) the weights here instead, seeded from the cache (a study's
+      own copy; see tfgan_eff/study.py)
       (`mnist-lenet<res>-v1-seed<seed>.weights.h5`, and a .json with `heldout_accuracy`).
     seed: initialisation, shuffling and augmentation seed.
     epochs: training epochs over the 8,000 training digits.
