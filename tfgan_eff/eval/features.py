@@ -318,9 +318,9 @@ class DigitsClassifierExtractor(_LeNetClassifierExtractor):
   Args:
     resolution: the classifier's input size.
     cache_dir: where the trained weights are kept
+      (`digits-lenet<res>-v1-seed<seed>.weights.h5`).
     weights_dir: keep (and load) the weights here instead, seeded from the cache (a study's
       own copy; see tfgan_eff/study.py)
-      (`digits-lenet<res>-v1-seed<seed>.weights.h5`).
     seed: initialisation and shuffling seed.
     epochs: training epochs over the ~6,000 training views.
     batch_size: images per forward pass.
@@ -432,9 +432,9 @@ class MnistClassifierExtractor(_LeNetClassifierExtractor):
       (t10k-labels-idx1-ubyte(.gz)) must sit beside it.
     resolution: the classifier's input size.
     cache_dir: where the trained weights are kept
+      (`mnist-lenet<res>-v1-seed<seed>.weights.h5`, and a .json with `heldout_accuracy`).
     weights_dir: keep (and load) the weights here instead, seeded from the cache (a study's
       own copy; see tfgan_eff/study.py)
-      (`mnist-lenet<res>-v1-seed<seed>.weights.h5`, and a .json with `heldout_accuracy`).
     seed: initialisation, shuffling and augmentation seed.
     epochs: training epochs over the 8,000 training digits.
     batch_size: images per forward pass.
