@@ -131,6 +131,44 @@ def test_a_cell_without_checkpoints_sets_its_old_rows_aside_when_it_retrains(tmp
   assert study.cell_status(str(tmp_path), c) == "done"
 
 
+def test_weights_dir_keeps_the_weights_outside_the_cell_and_resumes_from_them(tmp_path,
+                                                                           monkeypatch):
+  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []},
+                 bindings=["Trainer.train_steps = 100"]).cells()[0]
+  out, weights = str(tmp_path / "study"), str(tmp_path / "scratch")
+  d = study.cell_dir(out, c)
+  seen = []
+
+  class Trained:  # stands for bin/train: it saves a checkpoint into <model_dir>/checkpoints
+    def __init__(self, cmd, **kwargs):
+      model_dir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--model_dir="))
+      seen.append(sorted(os.listdir(os.path.join(model_dir, "checkpoints"))))
+      with open(os.path.join(model_dir, "checkpoints", f"ckpt-{len(seen)}.index"), "w"):
+        pass
+
+    def wait(self):
+      return 0
+
+  monkeypatch.setattr(study.subprocess, "Popen", Trained)
+  study.train_cell(out, c, weights_dir=weights)
+  for name in study.WEIGHT_DIRS:
+    assert os.path.islink(os.path.join(d, name))
+    assert os.path.isdir(os.path.join(weights, c.name, name))
+  assert os.listdir(os.path.join(weights, c.name, "checkpoints")) == ["ckpt-1.index"]
+  # A new checkout of the results (the links lost) finds the weights again and resumes.
+  for name in study.WEIGHT_DIRS:
+    os.remove(os.path.join(d, name))
+  study.train_cell(out, c, weights_dir=weights)
+  assert seen == [[], ["ckpt-1.index"]]
+  assert sorted(study._checkpoint_steps(d)) == [1, 2]  # pylint: disable=protected-access
+  # A cell started with its weights inside keeps them there.
+  c2 = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"old": []}).cells()[0]
+  os.makedirs(os.path.join(study.cell_dir(out, c2), "checkpoints"))
+  study.train_cell(out, c2, weights_dir=weights)
+  assert not os.path.islink(os.path.join(study.cell_dir(out, c2), "checkpoints"))
+  assert os.listdir(os.path.join(study.cell_dir(out, c2), "checkpoints")) == ["ckpt-3.index"]
+
+
 SPECS = sorted(glob.glob(os.path.join(ROOT, "studies", "*.gin")))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist", "t10k-images-idx3-ubyte.gz")
 

@@ -26,6 +26,11 @@ checkpoint (`ckpt-N.*`); it resumes from there and its report keeps the rows sco
 Without any checkpoint it trains again from step 0 and its old rows are set aside
 (`study_eval.jsonl.before-restart`).
 
+`weights_dir` (`bin/study --weights_dir`) keeps the cells' weights apart from their results:
+each cell's `checkpoints/`, `best/` and `train/` (TensorBoard) live in `<weights_dir>/<cell>/`
+and the cell folder links to them. The study folder then holds only results (small, fit for
+git: `docs/studies/`), while the weights sit on a scratch disk that outlives the checkout.
+
 Outputs in `<out>`: `study.csv` (every cell, every evaluated step), `study.md` (per grid, data
 and method: mean ± std over seeds of best and final FID/KID, best-FID step, D's logit gaps,
 memorisation, leaks; ratios to the baseline and whether the seed ranges separate),
@@ -340,10 +345,36 @@ _CHILDREN = set()
 _CHILDREN_LOCK = threading.Lock()
 
 
-def train_cell(out, cell, threads=None):
-  """Trains (or resumes) one cell in a subprocess; returns the seconds it took."""
+WEIGHT_DIRS = ("checkpoints", "best", "train")
+
+
+def link_weights(d, weights):
+  """Makes the cell folder `d` keep its weights in `weights`: links d/checkpoints, d/best and
+  d/train to the folders of that name in `weights`. A cell that already holds real folders
+  of its own (started without `weights_dir`) keeps them."""
+  for name in WEIGHT_DIRS:
+    link, target = os.path.join(d, name), os.path.abspath(os.path.join(weights, name))
+    os.makedirs(target, exist_ok=True)
+    if os.path.islink(link):
+      if os.path.realpath(link) == os.path.realpath(target):
+        continue
+      os.remove(link)
+    elif os.path.exists(link):
+      logging.info("%s keeps its own %s/ (it was started without weights_dir).", d, name)
+      continue
+    os.symlink(target, link)
+
+
+def train_cell(out, cell, threads=None, weights_dir=None):
+  """Trains (or resumes) one cell in a subprocess; returns the seconds it took.
+
+  With `weights_dir`, the cell's checkpoints, best/ and TensorBoard logs are written to
+  `<weights_dir>/<cell>/` (linked from the cell folder; see the module docstring).
+  """
   d = cell_dir(out, cell)
   os.makedirs(d, exist_ok=True)
+  if weights_dir:
+    link_weights(d, os.path.join(weights_dir, cell.name))
   info_path = os.path.join(d, CELL_FILE)
   previous = {}
   if os.path.exists(info_path):
@@ -917,11 +948,12 @@ def report(out, study, rows, title):
 # -- the runner ------------------------------------------------------------------------------
 
 def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=True,
-        only=None):
+        only=None, weights_dir=None):
   """Trains the study's unfinished cells (`jobs` at a time), evaluates, reports.
 
   Finished cells are skipped; started ones resume from their checkpoints. While cells
-  train, the finished ones are evaluated in this process. Returns the aggregate.
+  train, the finished ones are evaluated in this process. `weights_dir`: where the cells'
+  weights live (see the module docstring). Returns the aggregate.
   """
   study = load_spec(spec_path, params)
   cells = [c for c in study.cells if not only or re.search(only, c.name)]
@@ -952,7 +984,7 @@ def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=Tr
   t_start = time.time()
   pool = futures.ThreadPoolExecutor(max_workers=max(1, jobs))
   try:
-    pending = {pool.submit(train_cell, out, c, threads): c for c in todo}
+    pending = {pool.submit(train_cell, out, c, threads, weights_dir): c for c in todo}
     finished = 0
     while pending:
       done, _ = futures.wait(list(pending), timeout=5, return_when=futures.FIRST_COMPLETED)

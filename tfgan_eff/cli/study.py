@@ -3,6 +3,8 @@
   bin/study --spec=studies/augment_mnist.gin --out=runs/augment_mnist            # train + eval
   bin/study --spec=studies/augment_mnist.gin --out=runs/augment_mnist --jobs=2   # 2 cells at once
   bin/study --spec=studies/augment_mnist.gin --out=runs/augment_mnist --notrain  # report so far
+  bin/study ... --out=docs/studies/augment_mnist --weights_dir=/scratch/augment_mnist
+      # results in --out (fit for git), the cells' weights on a scratch disk
 
 Re-running the same command skips finished cells and resumes the others from their last
 checkpoint; evaluations already made are reused. --notrain also scores the checkpoints that
@@ -29,6 +31,9 @@ flags.DEFINE_multi_string("gin_param", [], "Extra bindings of the spec, e.g. "
 flags.DEFINE_string("only", None, "Only the cells whose name matches this regular expression.")
 flags.DEFINE_bool("train", True, "Train unfinished cells (--notrain: evaluate and report the "
                   "finished ones; score the unfinished ones' checkpoints so far).")
+flags.DEFINE_string("weights_dir", None, "Keep the cells' checkpoints, best/ and TensorBoard "
+                    "logs in <weights_dir>/<cell>/ (linked from the cell folders), e.g. on a "
+                    "scratch disk, so that --out holds only results (default: in the cells).")
 flags.DEFINE_bool("evaluate", True, "Evaluate and report (--noevaluate: train only).")
 flags.mark_flags_as_required(["spec", "out"])
 FLAGS = flags.FLAGS
@@ -52,7 +57,7 @@ def main(argv):
   try:
     study.run(FLAGS.spec, FLAGS.out, jobs=FLAGS.jobs, params=FLAGS.gin_param,
               threads=FLAGS.threads, train=FLAGS.train, evaluate=FLAGS.evaluate,
-              only=FLAGS.only)
+              only=FLAGS.only, weights_dir=FLAGS.weights_dir)
   except KeyboardInterrupt:
     logging.warning("Study interrupted; re-run the same command to resume.")
     sys.exit(130)
