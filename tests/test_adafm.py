@@ -153,7 +153,9 @@ def test_transfer_freezes_low_level_wraps_convs_and_trains_the_rest(tiny_gin, tm
   for v in frozen_g + frozen_d:
     stem = v.path.replace("/", "_")
     assert not any(n.startswith(stem) for n in slot_names), stem
-  assert any(n.startswith("generator_block2_conv1_adafm_gamma") for n in slot_names)
+  assert not any(n.startswith("generator_block2_conv1_adafm_gamma") for n in slot_names)
+  own = [v.name for v in gan._own["g"][0][1].variables]  # pylint: disable=protected-access
+  assert any(n.startswith("generator_block2_conv1_adafm_gamma") for n in own)  # γ/β: their own
   assert transfer.summary["g_adafm"] == sum(int(np.prod(v.shape)) for v in gammas)
 
   frozen_before = _values(frozen_g + frozen_d)
@@ -186,8 +188,18 @@ def test_transfer_start_step_and_reinit_high_level(tiny_gin, tmp_path):
   for v in gammas:
     np.testing.assert_array_equal(after[v.path], before[v.path])
   assert np.abs(after[G.linear.kernel.path] - before[G.linear.kernel.path]).max() > 1e-6
-  _train(gan, 1)  # G step 2: they move
-  assert all(np.abs(v.numpy() - before[v.path]).max() > 1e-6 for v in gammas)
+  opt = gan._own["g"][0][1]  # pylint: disable=protected-access
+  assert int(opt.iterations.numpy()) == 0 and int(gan.g_optimizer.iterations.numpy()) == 2
+  _train(gan, 1)  # G step 2: they move, by a fresh Adam's first step (own step count)
+  assert int(opt.iterations.numpy()) == 1
+  # Adam's first update with beta_1 = 0 is lr * g / (|g| + eps / sqrt(1 - beta_2)): the
+  # learning rate wherever |g| >> 3e-7. Under the G optimizer's count (3 steps) it would be
+  # sqrt((1 - beta_2 ** 3) / (1 - beta_2)) ~ 1.73x that.
+  lr = float(gan.g_optimizer.learning_rate.numpy())
+  steps = np.concatenate([np.abs(v.numpy() - before[v.path]).ravel() for v in gammas]) / lr
+  assert steps.max() <= 1.001 and np.median(steps) > 0.99, (steps.max(), np.median(steps))  # f32
+  # Their optimizer is in the checkpoint.
+  assert any(k == "g_optimizer_adafm" for k in gan.checkpoint_items())
 
 
 def test_source_of_another_architecture_fails_naming_the_first_tensor(tiny_gin, tmp_path):
@@ -437,3 +449,26 @@ def test_sublayers_visit_what_keras_visits_in_its_order():
       # pylint: disable-next=protected-access
       assert layers.sublayers(top) == list(top._flatten_layers()), top.name
   assert [len(adafm_layers(m)) for m in (g, d, sg2)] == [2, 1, 1]
+
+
+@pytest.mark.slow
+def test_late_start_own_optimizer_on_two_replicas_matches_one(tiny_gin, tmp_path):
+  """γ/β's own optimizer (gated, its step count reset until the start) under
+  MirroredStrategy: 2 replicas give the weights of 1, before and after the start step."""
+  import conftest  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.training.trainer import Trainer  # pylint: disable=import-outside-toplevel
+  tiny_gin(*UNCOND)
+  _, prefix = _source(tmp_path)
+  tiny_gin(*UNCOND, "GAN.warm_start = @AdaFMTransfer()", f"AdaFMTransfer.source = '{prefix}'",
+           "AdaFMTransfer.adafm_start_step = 2", "g/adam.epsilon = 1.0",
+           "d/adam.epsilon = 1.0", "GAN.g_optimizer = @g/adam()", "GAN.d_optimizer = @d/adam()")
+  runs = []
+  for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                         ("two", conftest.mirrored())):
+    t = Trainer(model_dir=str(tmp_path / name), strategy=strategy, train_steps=3)
+    t.train()
+    runs.append(t)
+  own = [t.gan._own["g"][0][1] for t in runs]  # pylint: disable=protected-access
+  assert [int(o.iterations.numpy()) for o in own] == [1, 1]
+  for a, b in zip(runs[0].gan.G.weights, runs[1].gan.G.weights):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=5e-5, err_msg=a.path)

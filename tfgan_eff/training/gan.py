@@ -24,8 +24,9 @@ fake seed, G's rng); terms draw after that. The order is part of a run's reprodu
 changing it changes every run.
 
 Two more hooks keep methods out of this file: `warm_start(gan)` runs once the networks exist
-and before the optimizers do (transfer learning: load, freeze, wrap); `make_discriminator`
-gives terms a fresh D of the same configuration (momentum copies, as InsGen's).
+and before the optimizers do (transfer learning: load, freeze, wrap; it may give variables
+an optimizer of their own, `own_optimizer`); `make_discriminator` gives terms a fresh D of
+the same configuration (momentum copies, as InsGen's).
 """
 
 import gin
@@ -117,6 +118,7 @@ class GAN(tf.Module):
       raise ValueError(f"Generator has {self.G.num_classes} classes but discriminator has "
                        f"{self.D.num_classes}; set both num_classes alike.")
     self.num_classes = self.G.num_classes
+    self._own = {"g": [], "d": []}  # own_optimizer groups: (name, optimizer, vars, start)
     self.built = False
 
   # -- set-up ----------------------------------------------------------------------------
@@ -132,6 +134,58 @@ class GAN(tf.Module):
 
   def g_variables(self):
     return list(self.G.trainable_variables)
+
+  def own_optimizer(self, network, name, variables, start_step=0):
+    """Gives `variables` (trainable variables of G, network 'g', or of D, 'd') an optimizer
+    of their own: a fresh copy of that network's optimizer, checkpointed as
+    `<network>_optimizer_<name>`. It steps them from the network's step `start_step` on
+    (counted in completed steps of the network's optimizer) and not before, and its own step
+    count, which Adam's bias correction reads, starts there.
+
+    This is PyTorch's per-parameter optimizer state, which a Keras optimizer (one step
+    count for all its variables) lacks: variables unfrozen late under a shared optimizer
+    would take their first steps with the bias correction of step 10,000, i.e. updates up
+    to 1/sqrt(1 - beta_2) times the learning rate. Call it from a `warm_start` (before the
+    optimizers are built); AdaFM's γ/β use it.
+    """
+    if network not in self._own:
+      raise ValueError(f"own_optimizer: network must be 'g' or 'd', got '{network}'.")
+    if self.built:
+      raise RuntimeError("own_optimizer must be called before GAN.build makes the "
+                         "optimizers (from a warm_start).")
+    main = self.g_optimizer if network == "g" else self.d_optimizer
+    config = dict(main.get_config(), name=f"{main.name}_{name}")
+    self._own[network].append(
+        (name, type(main).from_config(config), list(variables), int(start_step)))
+
+  def _optimizers(self, network):
+    """[(optimizer, variables, start_step)] of `network`: the main one first (every
+    trainable variable of the network not given its own), then the own ones."""
+    main = self.g_optimizer if network == "g" else self.d_optimizer
+    variables = self.g_variables() if network == "g" else self.d_variables()
+    own_ids = {id(v) for _, _, vs, _ in self._own[network] for v in vs}
+    return ([(main, [v for v in variables if id(v) not in own_ids], 0)] +
+            [(opt, vs, start) for _, opt, vs, start in self._own[network]])
+
+  def _apply_gradients(self, network, grads, variables):
+    """Applies `grads` (of `variables`) with the network's optimizers; an own optimizer
+    whose `start_step` is not reached yet gets zero gradients and its step count stays 0
+    (Adam with zero moments and zero gradients moves nothing)."""
+    optimizers = self._optimizers(network)
+    if len(optimizers) == 1:
+      optimizers[0][0].apply_gradients(zip(grads, variables))
+      return
+    by_id = {id(v): g for v, g in zip(variables, grads)}
+    done = tf.identity(optimizers[0][0].iterations)  # this network's completed steps
+    for opt, vs, start in optimizers:
+      gs = [by_id.get(id(v)) for v in vs]
+      gs = [tf.zeros_like(v) if g is None else g for g, v in zip(gs, vs)]
+      if not start:
+        opt.apply_gradients(zip(gs, vs))
+        continue
+      on = tf.cast(done >= start, tf.float32)
+      opt.apply_gradients(zip([g * tf.cast(on, g.dtype) for g in gs], vs))
+      opt.iterations.assign(opt.iterations * tf.cast(on, opt.iterations.dtype))
 
   def build(self, local_batch, image_shape):
     """Creates every variable (networks, heads, optimizer slots) by a dry run.
@@ -157,8 +211,9 @@ class GAN(tf.Module):
     for t in self.terms:
       t.build(ctx)
     self.augment.build(image_shape)
-    self.g_optimizer.build(self.g_variables())
-    self.d_optimizer.build(self.d_variables())
+    for network in ("g", "d"):
+      for opt, variables, _ in self._optimizers(network):
+        opt.build(variables)
     for e, w in zip(self.G_ema.weights, self.G.weights):
       e.assign(w)
     self.built = True
@@ -167,6 +222,9 @@ class GAN(tf.Module):
     """Everything a checkpoint holds, as flat path-keyed variable dicts."""
     items = {"G": self.G, "G_ema": self.G_ema, "D": self.D, "g_optimizer": self.g_optimizer,
              "d_optimizer": self.d_optimizer}
+    for network, groups in self._own.items():
+      for name, opt, _, _ in groups:
+        items[f"{network}_optimizer_{name}"] = opt
     for i, t in enumerate(self.terms):
       items[f"term{i}_{t.name}"] = t
     if isinstance(self.augment, tf.Module):  # an augmenter with state (ADA)
@@ -227,7 +285,7 @@ class GAN(tf.Module):
     metrics["d_grad_norm"] = _grad_norm(grads)
 
     def update(ctx, grads):
-      self.d_optimizer.apply_gradients(zip(grads, variables))
+      self._apply_gradients("d", grads, variables)
       for t in self.terms:
         t.after_d_step(ctx)
       self.augment.update(ctx.d_real["logits"], ctx.step, ctx.global_batch)
@@ -252,7 +310,7 @@ class GAN(tf.Module):
     metrics["g_grad_norm"] = _grad_norm(grads)
 
     def update(ctx, grads):
-      self.g_optimizer.apply_gradients(zip(grads, variables))
+      self._apply_gradients("g", grads, variables)
       for t in self.terms:
         t.after_g_step(ctx)
 

@@ -190,6 +190,13 @@ class AdaFMTransfer:
     wrapped = self._freeze_and_wrap(G, g_low, step_fn, wrap=True)
     self._freeze_and_wrap(G_ema, g_low, None, wrap=True)  # same structure; no gradients
     self._freeze_and_wrap(D, d_low, step_fn, wrap=self.adafm_d)
+    # γ/β get their own optimizer: its step count starts when they unfreeze, as PyTorch's
+    # per-parameter Adam state does in the reference (no burst of up to 1/sqrt(1 - beta_2)
+    # times the learning rate at the start step; GAN.own_optimizer).
+    gan.own_optimizer("g", "adafm", _modulation_variables(G), self.adafm_start_step)
+    if self.adafm_d:  # D steps: disc_iters per G step
+      gan.own_optimizer("d", "adafm", _modulation_variables(D),
+                        self.adafm_start_step * gan.disc_iters)
     self._log(gan, src, g_low, d_low, g_rename, d_rename, len(plan), wrapped)
 
   def _freeze_and_wrap(self, model, names, step_fn, wrap):
@@ -244,6 +251,10 @@ class AdaFMTransfer:
 def adafm_layers(model):
   """Every AdaFM transform inside `model`."""
   return [l for l in layers.sublayers(model) if isinstance(l, layers.AdaFM)]
+
+
+def _modulation_variables(model):
+  return [v for a in adafm_layers(model) for v in (a.gamma, a.beta)]
 
 
 @configurable
