@@ -472,3 +472,19 @@ def test_late_start_own_optimizer_on_two_replicas_matches_one(tiny_gin, tmp_path
   assert [int(o.iterations.numpy()) for o in own] == [1, 1]
   for a, b in zip(runs[0].gan.G.weights, runs[1].gan.G.weights):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=5e-5, err_msg=a.path)
+
+
+def test_d_freeze_depth_follows_the_reference_by_target_size():
+  D = ToyDiscriminator(resolution=32)  # blocks down0 (32 px), down1, down2
+  D(tf.zeros([1, 32, 32, 1]))
+  depth = lambda **kw: AdaFMTransfer(source="x", **kw).low_level_d(D)  # noqa: E731
+  assert depth() == ["down0"]  # no target size: the first block
+  assert depth(num_images=25) == ["down0", "down1"]  # Flowers-25: all but the last
+  assert depth(num_images=26) == ["down0"]  # Flowers (8,189): fromRGB + first stage
+  assert depth(num_images=10, d_frozen_blocks=0) == []
+  assert depth(d_frozen_blocks=3) == ["down0", "down1", "down2"]
+  assert depth(d_frozen_blocks=-2) == ["down0"]
+  with pytest.raises(ValueError, match="d_frozen_blocks = 4, but the discriminator has 3"):
+    depth(d_frozen_blocks=4)
+  with pytest.raises(ValueError, match="not both"):
+    AdaFMTransfer(source="x", d_frozen_blocks=1, d_low_level=["down0"])

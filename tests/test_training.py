@@ -190,3 +190,17 @@ def test_load_gan_restores_the_ema_generator(tiny_gin, tmp_path):
   for a, b in zip(_weights(t.gan.G_ema), _weights(gan.G_ema)):
     np.testing.assert_array_equal(a, b)
   gin.clear_config()
+
+
+def test_class_count_mismatch_fails_and_one_class_uses_every_image_as_class_0(tiny_gin,
+                                                                               tmp_path):
+  tiny_gin("NUM_CLASSES = 3")  # the digits have 10
+  with pytest.raises(ValueError, match="conditional on 3 classes but the data has 10"):
+    Trainer(model_dir=str(tmp_path / "three"), strategy=_one_device())
+  tiny_gin("NUM_CLASSES = 1")  # one class: an unconditional model, the labels unused
+  t = Trainer(model_dir=str(tmp_path / "one"), strategy=_one_device())
+  batch = {"images": tf.zeros([2, 32, 32, 1]), "labels": tf.constant([7, -1]),
+           "true_labels": tf.constant([7, 4])}
+  ctx = t.gan._context("d", tf.constant(0, tf.int64), 0, batch)  # pylint: disable=protected-access
+  assert ctx.real_labels_for_d.numpy().tolist() == [0, 0]
+  assert ctx.fake_labels.numpy().tolist() == [0, 0]

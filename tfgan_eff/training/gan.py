@@ -260,7 +260,10 @@ class GAN(tf.Module):
         d_step=tf.cast(step, tf.int64) * self.disc_iters + index, rng=rng,
         global_batch=b * n, local_batch=b, num_replicas=n, reals=batch["images"],
         labels=labels, true_labels=batch["true_labels"], z=z, fake_labels=y_fake,
-        real_labels_for_d=labels if self.num_classes else None)
+        # One class (an unconditional model with a conditional architecture, e.g. a
+        # transfer from a class-conditional source): every real is class 0.
+        real_labels_for_d=(tf.zeros_like(labels) if self.num_classes == 1 else labels)
+        if self.num_classes else None)
 
   # -- steps (replica context) ------------------------------------------------------------
   def d_step(self, batch, step, index):

@@ -256,8 +256,12 @@ class Trainer:
     if d.resolution != self.data.resolution or d.channels != self.data.channels:
       raise ValueError(f"The discriminator expects {d.resolution}px, {d.channels} channels "
                        f"but the data is {self.data.resolution}px, {self.data.channels}.")
-    if self.gan.num_classes and self.data.num_classes != self.gan.num_classes:
-      fix = (f"set NUM_CLASSES = {self.data.num_classes}, or 0 for an unconditional GAN"
+    if self.gan.num_classes == 1 and self.data.num_classes != 1:
+      logging.info("The models have one class: every image is class 0 (the data's %d "
+                   "classes are not used).", self.data.num_classes)
+    elif self.gan.num_classes and self.data.num_classes != self.gan.num_classes:
+      fix = (f"set NUM_CLASSES = {self.data.num_classes}, or 0 (1) for an unconditional GAN "
+             f"(with one class)"
              if self.data.num_classes else
              "the data has no labels: set NUM_CLASSES = 0 (an unconditional GAN), or give "
              "the data labels (e.g. ImageFolder.labels_from_subfolders = True)")

@@ -75,7 +75,15 @@ class AdaFMTransfer:
       toRGBs live in their blocks).
     g_low_level: explicit names of the low-level G layers (e.g. ["block3", "block4",
       "bn_out", "conv_out"]); overrides `low_level_resolution`.
-    d_low_level: names of the frozen D layers; default the first (fromRGB) block.
+    d_low_level: names of the frozen D layers; overrides `d_frozen_blocks`.
+    d_frozen_blocks: how many D blocks, from the input side, are frozen (with the layers
+      attached to them, e.g. BigGAN's attention); negative counts from the end (-1: all but
+      the last block). None: the reference's depth for the target size `num_images`: all
+      but the last block for <= 25 images (Flowers-25, `D_Layer_FIX=6` of its 6 stages),
+      else the first block (Flowers, `D_Layer_FIX=2`: fromRGB and the first stage); the first
+      block when `num_images` is not given.
+    num_images: the target's number of training images (gin: `%NUM_IMAGES`), for the
+      default `d_frozen_blocks`.
     high_level: "finetune" (load the source's high-level G layers and train them) or
       "reinit" (keep their fresh initialization).
     g_reinit: G variable path prefixes never loaded; default the class embedding
@@ -88,7 +96,8 @@ class AdaFMTransfer:
 
   def __init__(self, source=gin.REQUIRED, generator="G_ema", low_level_resolution=32,
                g_low_level=None, d_low_level=None, high_level="finetune", g_reinit=None,
-               d_reinit=None, adafm_start_step=0, adafm_d=False):
+               d_reinit=None, adafm_start_step=0, adafm_d=False, d_frozen_blocks=None,
+               num_images=None):
     if generator not in ("G", "G_ema"):
       raise ValueError(f"AdaFMTransfer.generator must be 'G' or 'G_ema', got '{generator}'.")
     if high_level not in HIGH_LEVEL:
@@ -104,6 +113,12 @@ class AdaFMTransfer:
     self.g_reinit = list(g_reinit) if g_reinit is not None else None
     self.d_reinit = list(d_reinit) if d_reinit is not None else None
     self.adafm_start_step, self.adafm_d = int(adafm_start_step), adafm_d
+    if d_frozen_blocks is not None and d_low_level is not None:
+      raise ValueError("Set AdaFMTransfer.d_low_level (layer names) or d_frozen_blocks (a "
+                       "count), not both.")
+    if num_images is not None and num_images < 1:
+      raise ValueError(f"AdaFMTransfer.num_images must be >= 1, got {num_images}.")
+    self.d_frozen_blocks, self.num_images = d_frozen_blocks, num_images
     self.summary = {}
 
   # -- which layers ------------------------------------------------------------------------
@@ -119,7 +134,18 @@ class AdaFMTransfer:
     if self.d_low_level is not None:
       _check_names("d_low_level", self.d_low_level, layout, "discriminator")
       return list(self.d_low_level)
-    return [layout.blocks[0].name]
+    n, blocks = self.frozen_d_blocks(), layout.blocks
+    if not -len(blocks) < n <= len(blocks):
+      raise ValueError(f"AdaFMTransfer.d_frozen_blocks = {n}, but the discriminator has "
+                       f"{len(blocks)} blocks ({[b.name for b in blocks]}): use "
+                       f"{-len(blocks) + 1}..{len(blocks)}.")
+    return [name for b in blocks[:n] for name in (b.name, *b.attached)]
+
+  def frozen_d_blocks(self):
+    """The D freeze depth: `d_frozen_blocks`, or the reference's for `num_images`."""
+    if self.d_frozen_blocks is not None:
+      return int(self.d_frozen_blocks)
+    return -1 if self.num_images is not None and self.num_images <= 25 else 1
 
   def reinit_g(self, G):
     if self.g_reinit is not None:
