@@ -488,3 +488,37 @@ def test_d_freeze_depth_follows_the_reference_by_target_size():
     depth(d_frozen_blocks=4)
   with pytest.raises(ValueError, match="not both"):
     AdaFMTransfer(source="x", d_frozen_blocks=1, d_low_level=["down0"])
+
+
+def test_new_small_rebuilds_a_narrower_fresh_high_level_and_loads_the_low_level(tiny_gin,
+                                                                                tmp_path):
+  """A source 32 wide at 4-8 px and 16 at 16-32 px: 'new_small' makes the target's 4-16 px
+  features as wide as the frozen 32 px block's input (16), fresh; block2 (16 -> 32 px) and
+  the output layers come from the source, frozen and wrapped."""
+  wide = ["BigGANGenerator.widths = {4: 32, 8: 32}"]
+  tiny_gin(*UNCOND, *wide)
+  source, prefix = _source(tmp_path)
+  assert source.G.widths == {4: 32, 8: 32, 16: 16, 32: 16}
+  tiny_gin(*UNCOND, *wide, "GAN.warm_start = @AdaFMTransfer()",
+           f"AdaFMTransfer.source = '{prefix}'", "AdaFMTransfer.high_level = 'new_small'")
+  gan = _build()
+  G = gan.G
+  assert G.widths == gan.G_ema.widths == {4: 16, 8: 16, 16: 16, 32: 16}
+  assert G.linear.kernel.shape[-1] == 4 * 4 * 16 < source.G.linear.kernel.shape[-1]
+  src = {v.path.split("/", 1)[1]: v for v in source.G_ema.weights}
+  loaded = [v for v in G.blocks[2].weights + G.conv_out.weights if "adafm" not in v.path]
+  assert len(loaded) > 6
+  for v in loaded:
+    np.testing.assert_array_equal(v.numpy(), src[v.path.split("/", 1)[1]].numpy(),
+                                  err_msg=v.path)
+  assert not G.blocks[2].trainable and G.blocks[1].trainable
+  assert len(adafm_layers(G)) == 2 and [w.shape for w in G.weights] == [
+      w.shape for w in gan.G_ema.weights]
+  frozen = _values(G.blocks[2].conv1.weights)
+  _train(gan, 1)
+  for v in G.blocks[2].conv1.weights:
+    if "adafm" not in v.path:
+      np.testing.assert_array_equal(v.numpy(), frozen[v.path])
+  with pytest.raises(ValueError, match="no low-level block with a high-level block"):
+    AdaFMTransfer(source=prefix, high_level="new_small", g_low_level=["bn_out"]
+                  ).new_small_widths(G)

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfgan_eff.config import configurable
 from tfgan_eff.models import layers
-from tfgan_eff.models.layout import Block, BlockNames, TransferLayout
+from tfgan_eff.models.layout import Block, BlockNames, TransferLayout, with_widths
 
 NAMES = BlockNames("block", attached=("attention",))  # block<i>, attention<i> after block i
 
@@ -127,6 +127,10 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
     shared_dim: size of the shared class embedding.
     hierarchical_z: split z into one chunk for the input layer and one per block.
     attention_resolution: resolution after whose block self-attention sits (0: none).
+    widths: {resolution: channels} overriding the published widths (`G_ARCH` x `ch`) of the
+      features at that resolution: 4 is the input layer's, any other the output of the
+      block that makes it (e.g. a narrower high-level part: AdaFM's `high_level =
+      'new_small'`). `self.widths` holds every resolution's width.
 
   >>> g = BigGANGenerator(resolution=32, ch=8, num_classes=10)
   >>> g(tf.zeros([2, g.z_dim]), tf.constant([1, 2])).shape
@@ -135,18 +139,20 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
 
   def __init__(self, resolution=128, channels=3, ch=96, z_dim=120, num_classes=0,
                shared_dim=128, hierarchical_z=True, attention_resolution=64,
-               use_sn=True, bn_momentum=0.9, **kwargs):
+               use_sn=True, bn_momentum=0.9, widths=None, **kwargs):
     super().__init__(**kwargs)
     _check_resolution(resolution)
     self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
     self.use_sn = use_sn
+    ins, outs = G_ARCH[resolution]
+    n_blocks = len(ins)
+    self.widths = with_widths({4 * 2 ** i: c * ch for i, c in enumerate([ins[0]] + outs)},
+                              widths, "BigGANGenerator")
     self._config = dict(resolution=resolution, channels=channels, ch=ch, z_dim=z_dim,
                         num_classes=num_classes, shared_dim=shared_dim,
                         hierarchical_z=hierarchical_z,
                         attention_resolution=attention_resolution, use_sn=use_sn,
-                        bn_momentum=bn_momentum)
-    ins, outs = G_ARCH[resolution]
-    n_blocks = len(ins)
+                        bn_momentum=bn_momentum, widths=dict(widths or {}))
     self.hierarchical_z = hierarchical_z
     if hierarchical_z:
       self.chunk = z_dim // (n_blocks + 1)
@@ -159,13 +165,13 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
                   if num_classes else None)
     cond_dim = (self.chunk if hierarchical_z else 0) + (shared_dim if num_classes else 0)
     self.conditional = cond_dim > 0
-    self.bottom_channels = ins[0] * ch
+    self.bottom_channels = self.widths[4]
     self.linear = layers.SNDense(4 * 4 * self.bottom_channels, use_sn=use_sn, name="linear")
     self.blocks, self.attention, block_res = [], {}, []
     res = 4
-    for i, (a, b) in enumerate(zip(ins, outs)):
-      self.blocks.append(GBlock(a * ch, b * ch, self.conditional, use_sn, bn_momentum,
-                                name=f"block{i}"))
+    for i in range(n_blocks):
+      self.blocks.append(GBlock(self.widths[res], self.widths[2 * res], self.conditional,
+                                use_sn, bn_momentum, name=f"block{i}"))
       res *= 2
       block_res.append(res)
       if res == attention_resolution:

@@ -24,6 +24,22 @@ from typing import Tuple
 import keras
 
 
+def with_widths(published, overrides, owner):
+  """A generator's feature widths, {resolution: channels}: `published` with `overrides`
+  (its `widths` argument) applied, checked. Generators that take `widths` expose the
+  result as `self.widths`; AdaFM's `high_level = 'new_small'` rebuilds them narrower."""
+  overrides = {int(r): c for r, c in (overrides or {}).items()}
+  unknown = sorted(set(overrides) - set(published))
+  if unknown:
+    raise ValueError(f"{owner}.widths names resolutions {unknown}; this generator has "
+                     f"{sorted(published)}.")
+  bad = {r: c for r, c in overrides.items() if int(c) < 1}
+  if bad:
+    raise ValueError(f"{owner}.widths must be positive channel counts, got {bad}.")
+  return {**{int(r): int(c) for r, c in published.items()},
+          **{r: int(c) for r, c in overrides.items()}}
+
+
 @dataclasses.dataclass(frozen=True)
 class Block:
   """One block of a backbone.

@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from tfgan_eff.config import configurable
 from tfgan_eff.models import stylegan2_layers as L
-from tfgan_eff.models.layout import Block, BlockNames, TransferLayout
+from tfgan_eff.models.layout import Block, BlockNames, TransferLayout, with_widths
 
 RESOLUTIONS = tuple(2 ** k for k in range(4, 11))  # 16 ... 1024
 
@@ -240,6 +240,8 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
       second z from a random layer on.
     w_avg_beta: decay of the running average of w (updated in training calls).
     architecture: "skip" (toRGB at every resolution, summed) or "orig" (toRGB at the end).
+    widths: {resolution: channels} overriding `channels_at` for the blocks at those
+      resolutions (e.g. AdaFM's `high_level = 'new_small'`); `self.widths` holds them all.
 
   `call(z, y=None, training=False, truncation=1.0, rng=None, noise_mode="random")` returns
   images [B, H, W, C] in roughly [-1, 1]. `rng` (a SampleRNG) drives noise inputs and style
@@ -255,7 +257,7 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
   def __init__(self, resolution=256, channels=3, z_dim=512, w_dim=512, num_classes=0,
                mapping_layers=8, mapping_lr_multiplier=0.01, fmap_base=16384, fmap_max=512,
                fmap_decay=1.0, style_mixing_prob=0.9, w_avg_beta=0.995, architecture="skip",
-               **kwargs):
+               widths=None, **kwargs):
     super().__init__(**kwargs)
     check_resolution(resolution)
     if architecture not in ("skip", "orig"):
@@ -270,10 +272,12 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
                         mapping_lr_multiplier=mapping_lr_multiplier, fmap_base=fmap_base,
                         fmap_max=fmap_max, fmap_decay=fmap_decay,
                         style_mixing_prob=style_mixing_prob, w_avg_beta=w_avg_beta,
-                        architecture=architecture)
+                        architecture=architecture, widths=dict(widths or {}))
     res_list = _block_resolutions(resolution)
-    self.channels_dict = {r: channels_at(r, fmap_base, fmap_max, fmap_decay)
-                          for r in res_list}
+    self.channels_dict = with_widths(
+        {r: channels_at(r, fmap_base, fmap_max, fmap_decay) for r in res_list}, widths,
+        "StyleGAN2Generator")
+    self.widths = self.channels_dict
     self.blocks = []
     for r in res_list:
       in_ch = self.channels_dict[r // 2] if r > 4 else 0

@@ -87,6 +87,7 @@ class GAN(tf.Module):
     if disc_iters < 1:
       raise ValueError(f"GAN.disc_iters must be >= 1, got {disc_iters}.")
     keras.utils.set_random_seed(seed)  # initial weights follow the config seed
+    self._generator_factory = generator
     self.G = generator(name="generator")
     self.G_ema = generator(name="generator_ema")
     self._discriminator_factory = discriminator
@@ -125,6 +126,21 @@ class GAN(tf.Module):
   def make_discriminator(self, name):
     """A new, unbuilt discriminator of the same configuration as D (for momentum copies)."""
     return self._discriminator_factory(name=name)
+
+  def rebuild_generators(self, **overrides):
+    """Replaces G and G_ema by new, built generators of the same configuration with
+    constructor `overrides` (e.g. `widths=`); for a `warm_start` that changes G's
+    architecture (AdaFM's 'new_small'), before the optimizers are built."""
+    if self.built:
+      raise RuntimeError("rebuild_generators must be called before GAN.build ends (from a "
+                         "warm_start).")
+    G = self._generator_factory(name="generator", **overrides)
+    G_ema = self._generator_factory(name="generator_ema", **overrides)
+    z = tf.zeros([1, G.z_dim])
+    y = tf.zeros([1], tf.int32) if self.num_classes else None
+    for g in (G, G_ema):
+      g(z, y, training=False)
+    self.G, self.G_ema = G, G_ema
 
   def d_variables(self):
     vs = list(self.D.trainable_variables)

@@ -37,7 +37,7 @@ from tfgan_eff.params import count_params as _count
 from tfgan_eff.training import checkpoints
 from tfgan_eff.transfer import sources
 
-HIGH_LEVEL = ("finetune", "reinit")
+HIGH_LEVEL = ("finetune", "reinit", "new_small")
 
 
 
@@ -84,8 +84,12 @@ class AdaFMTransfer:
       block when `num_images` is not given.
     num_images: the target's number of training images (gin: `%NUM_IMAGES`), for the
       default `d_frozen_blocks`.
-    high_level: "finetune" (load the source's high-level G layers and train them) or
-      "reinit" (keep their fresh initialization).
+    high_level: which high-level G layers (all but the low-level ones) train:
+      "finetune": the source's, loaded; "reinit": fresh ones of the target's architecture;
+      "new_small": fresh ones at the reference's relative width (the paper's method): G and
+      G_ema are rebuilt with every feature map below the first low-level block as wide as
+      that block's input (the reference: 512 channels, its frozen 32 px stage's input,
+      where its source's 4-16 px stages are 1,024 wide), one block per resolution.
     g_reinit: G variable path prefixes never loaded; default the class embedding
       (`G.transfer_layout().conditional`).
     d_reinit: D variable path prefixes never loaded; default the final linear layer and
@@ -183,7 +187,29 @@ class AdaFMTransfer:
     return f"{rename.get(head, head)}/{rest}" if rest else path
 
   # -- the transfer ------------------------------------------------------------------------
+  def new_small_widths(self, G):
+    """{resolution: channels} of the 'new_small' high-level part of generator `G`."""
+    widths = getattr(G, "widths", None)
+    if widths is None:
+      raise ValueError(f"AdaFMTransfer.high_level = 'new_small' needs a generator that "
+                       f"takes `widths` (BigGAN, StyleGAN2); {type(G).__name__} does not.")
+    low = set(self.low_level_g(G))
+    frozen = [b for b in G.transfer_layout().blocks if b.name in low]
+    if not frozen or frozen[0].resolution // 2 not in widths:
+      raise ValueError(f"AdaFMTransfer.high_level = 'new_small': the generator has no "
+                       f"low-level block with a high-level block before it (low level: "
+                       f"{sorted(low)}); lower low_level_resolution or g_low_level.")
+    first = frozen[0].resolution
+    return {r: widths[first // 2] for r in widths if r < first}
+
   def __call__(self, gan):
+    if self.high_level == "new_small":
+      small, before = self.new_small_widths(gan.G), dict(gan.G.widths)
+      if any(before[r] != c for r, c in small.items()):
+        gan.rebuild_generators(widths={**before, **small})
+      logging.info("AdaFM 'new_small': a fresh high-level generator part with widths %s "
+                   "(the target architecture's: %s).", small,
+                   {r: c for r, c in before.items() if r in small})
     G, G_ema, D = gan.G, gan.G_ema, gan.D
     src = (sources.CheckpointSource(self.source) if isinstance(self.source, (str, os.PathLike))
            else self.source)  # a path, or a source object (NpzImporter)
@@ -196,7 +222,7 @@ class AdaFMTransfer:
     g_skip = self.reinit_g(G)
     for path, var in checkpoints.variables_by_path(G).items():
       low = _under(path, g_low)
-      if _under(path, g_skip) or (not low and self.high_level == "reinit"):
+      if _under(path, g_skip) or (not low and self.high_level != "finetune"):
         continue
       src_path = self._source_path(path, g_rename)
       if (path.rsplit("/", 1)[-1] in g_layout.resolution_buffers and
