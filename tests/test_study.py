@@ -45,12 +45,18 @@ def test_aggregate_mean_std_and_best_step():
 
 def test_aggregate_round_trips_through_csv(tmp_path):
   rows = [_row("none", s, st, 50.0 - st / 10 + s) for s in range(2) for st in (100, 200)]
-  rows += [_row("aug", s, st, 20.0 + s) for s in range(2) for st in (100, 200)]
+  rows += [_row("aug", s, st, 20.0 + s, class_consistency=0.8 + 0.1 * s,
+                label_accuracy_unlabelled=0.9) for s in range(2) for st in (100, 200)]
   path = str(tmp_path / "study.csv")
   study.write_csv(path, rows)
   back = study.read_csv(path)
   assert study.aggregate(back) == study.aggregate(rows)
   agg = study.aggregate(back)
+  assert agg[("g", "k100", "aug")]["final_class_consistency"]["mean"] == pytest.approx(0.85)
+  grid = study.Grid(name="g", gin_files=["x.gin"], methods={"none": [], "aug": []},
+                    data={"k100": []})
+  md = study.markdown(agg, [grid])
+  assert "| aug | 85.0 ± 7.1% | 90.0 ± 0.0% |" in md and "| none |" in md
   c = study.compare(agg[("g", "k100", "aug")], agg[("g", "k100", "none")])
   assert c["better"] and c["separated"]
   assert c["ratio"] == pytest.approx(20.5 / 30.5)

@@ -269,3 +269,44 @@ def test_augmentation_leak_rejects_bad_inputs():
     mem.augmentation_leak(x[:0])
   with pytest.raises(TypeError, match="to_uint8"):
     mem.augmentation_leak(x.astype(np.float32))
+
+
+def test_conditioning_scores_class_consistency_and_predicted_labels_of_unlabelled_reals():
+  """`class_consistency` (the classifier on G(z, y) against y) and
+  `label_accuracy_unlabelled` (a term's predicted labels of the unlabelled training reals
+  against their true labels), on stand-ins whose answers are known."""
+  import types  # pylint: disable=import-outside-toplevel
+  from tfgan_eff import study  # pylint: disable=import-outside-toplevel
+
+  class Classifier:  # reads the class off the image: pixel value // 20
+    num_classes = 10
+
+    def __call__(self, images):
+      return {"logits": np.eye(10)[images[:, 0, 0, 0] // 20]}
+
+  class Head:  # predicts from D's features: the first feature, rounded
+    def predict_labels(self, ctx):
+      return tf.cast(tf.round(ctx.d_real["features"][:, 0]), tf.int32)
+
+  class NoPrediction:
+    def predict_labels(self, ctx):
+      return None
+
+  images = np.zeros([6, 4, 4, 1], np.uint8) + (np.arange(6) * 20).astype(np.uint8)[:, None,
+                                                                                    None, None]
+  ev = types.SimpleNamespace(evaluator=types.SimpleNamespace(extractor=Classifier()),
+                             metrics_available=True, batch_size=4)
+  # D's feature: the class the image shows, except for the last image (class 1, not 5).
+  def D(x, y, training):
+    del y, training
+    shown = tf.round((x[:, 0, 0, 0] + 1.0) * 127.5 / 20)
+    return {"features": tf.where(shown == 5, 1.0, shown)[:, None]}
+
+  cell = object.__new__(study._CellEvaluation)  # pylint: disable=protected-access
+  cell.ev, cell._tf = ev, tf
+  cell.gan = types.SimpleNamespace(num_classes=10, terms=[NoPrediction(), Head()], D=D)
+  cell.data = types.SimpleNamespace(labels=np.array([0, -1, 2, -1, -1, -1]))
+  cell.train_images, cell.train_labels = images, np.arange(6)
+  row = cell.conditioning(images, np.array([0, 1, 2, 3, 9, 9]))  # 4 of 6 right
+  assert row["class_consistency"] == pytest.approx(4 / 6)
+  assert row["label_accuracy_unlabelled"] == pytest.approx(3 / 4)  # images 1, 3, 4 right; 5 not

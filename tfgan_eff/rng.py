@@ -72,19 +72,26 @@ class SampleRNG:
                       maxval=maxval, dtype=dtype)
 
 
-def sample_in_batches(generate, n, z_dim, num_classes, batch_size, seed):
-  """n samples of `generate(z, labels)` (labels None when unconditional) as numpy.
+def sample_in_batches(generate, n, z_dim, num_classes, batch_size, seed,
+                      return_labels=False):
+  """n samples of `generate(z, labels)` (labels None when unconditional) as numpy; with
+  `return_labels`, (samples, labels) (labels None when unconditional).
 
   Latents and uniform labels are a fixed function of (seed, sample index), so a run's EMA
   generator and its SavedModel export are fed exactly the same inputs for evaluation.
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
-  out, done = [], 0
+  out, labels, done = [], [], 0
   while done < n:
     b = min(batch_size, n - done)
     z = tf.random.stateless_normal([b, z_dim], seed=[seed, done])
     y = (tf.random.stateless_uniform([b], seed=[seed + 1, done], maxval=num_classes,
                                      dtype=tf.int32) if num_classes else None)
     out.append(np.asarray(generate(z, y)))
+    if y is not None:
+      labels.append(y.numpy())
     done += b
-  return np.concatenate(out)
+  samples = np.concatenate(out)
+  if return_labels:
+    return samples, (np.concatenate(labels) if labels else None)
+  return samples

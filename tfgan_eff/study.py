@@ -525,16 +525,48 @@ class _CellEvaluation:
           self.heldout[:ev.memorisation_samples], self.train_images)["memorisation_rate"]
     self._tf = tf
 
-  def samples(self, n, seed):
+  def samples(self, n, seed, return_labels=False):
     from tfgan_eff.training.runs import generate_uint8  # pylint: disable=import-outside-toplevel
-    return generate_uint8(self.gan, n, self.ev.batch_size, seed)
+    return generate_uint8(self.gan, n, self.ev.batch_size, seed, return_labels=return_labels)
+
+  def conditioning(self, samples, labels):
+    """A class-conditional cell: `class_consistency`, the share of samples G(z, y) that the
+    study's classifier (the feature extractor, when it has the GAN's classes: the MNIST
+    LeNet) assigns to y; `label_accuracy_unlabelled`, the share of the unlabelled training
+    reals (label -1) whose label a term predicts (S3GAN's head on D) equals their true one."""
+    import types  # pylint: disable=import-outside-toplevel
+    gan, ev, row = self.gan, self.ev, {}
+    extractor = ev.evaluator.extractor if ev.metrics_available else None
+    if labels is not None and getattr(extractor, "num_classes", 0) == gan.num_classes:
+      predicted = extractor(samples)["logits"].argmax(axis=1)
+      row["class_consistency"] = float((predicted == labels).mean())
+    unlabelled = np.flatnonzero(self.data.labels < 0)
+    if not len(unlabelled):
+      return row
+    images, truth = self.train_images[unlabelled], self.train_labels[unlabelled]
+    for t in gan.terms:
+      hits = []
+      for i in range(0, len(images), ev.batch_size):
+        x = self._tf.cast(images[i:i + ev.batch_size], self._tf.float32) / 127.5 - 1.0
+        out = gan.D(x, None, training=False)
+        # The prediction reads D's features of the reals (as in a D step), nothing else.
+        pred = t.predict_labels(types.SimpleNamespace(d_real=out, extras={}, phase="eval"))
+        if pred is None:
+          break
+        pred = pred.numpy()
+        hits.append((pred.argmax(axis=1) if pred.ndim == 2 else pred) ==
+                    truth[i:i + ev.batch_size])
+      if hits:
+        row["label_accuracy_unlabelled"] = float(np.concatenate(hits).mean())
+        break
+    return row
 
   def score(self, step, path):
     from tfgan_eff.eval.memorisation import augmentation_leak, memorisation_rate  # pylint: disable=import-outside-toplevel
     from tfgan_eff.training import checkpoints  # pylint: disable=import-outside-toplevel
     ev, gan, tf = self.ev, self.gan, self._tf
     checkpoints.restore(self.ckpt, path)
-    samples = self.samples(ev.num_samples, ev.seed)
+    samples, labels = self.samples(ev.num_samples, ev.seed, return_labels=True)
     row = {"step": step, "kimg": step * self.kimg_per_step}
     served = [0]
 
@@ -559,6 +591,8 @@ class _CellEvaluation:
         row[k.replace("_mean", "")] = metrics[k]
     if "fid" in train_metrics:
       row["fid_train"] = train_metrics["fid"]
+    if gan.num_classes > 1:
+      row.update(self.conditioning(samples, labels))
     row.update(memorisation_rate(samples[:ev.memorisation_samples], self.train_images))
     row.update(augmentation_leak(samples))
     row.update({f"real_{k}": v for k, v in self.real_leak.items()})
@@ -679,7 +713,8 @@ CSV_FIELDS = ["grid", "method", "data", "seed", "cell", "step", "kimg", "fid", "
               "fid_train", "memorisation_rate", "real_memorisation_rate", "nn_distance_median",
               "train_nn_median",
               "leak_square", "leak_border", "leak_any", "real_leak_any", "d_real_train",
-              "d_real_heldout", "d_fake", "gap_train_heldout", "gap_real_fake"]
+              "d_real_heldout", "d_fake", "gap_train_heldout", "gap_real_fake",
+              "class_consistency", "label_accuracy_unlabelled"]
 
 
 def write_csv(path, rows):
@@ -731,7 +766,8 @@ def per_cell_summary(rows):
     out.update(best_kid=min(r["kid"] for r in with_kid), final_kid=final.get("kid"))
   for k in ("fid_train", "memorisation_rate", "real_memorisation_rate", "leak_any",
             "real_leak_any",
-            "gap_train_heldout", "gap_real_fake"):
+            "gap_train_heldout", "gap_real_fake", "class_consistency",
+            "label_accuracy_unlabelled"):
     if final.get(k) is not None:
       out[f"final_{k}"] = final[k]
   out["max_leak_any"] = max(r.get("leak_any", 0.0) for r in rows)
@@ -742,7 +778,8 @@ SUMMARY_KEYS = ["best_fid", "best_kid", "best_kimg", "final_fid", "final_kid",
                 "final_fid_train", "final_memorisation_rate", "final_real_memorisation_rate",
                 "best_memorisation",
                 "final_leak_any", "max_leak_any", "final_real_leak_any",
-                "final_gap_train_heldout", "final_gap_real_fake"]
+                "final_gap_train_heldout", "final_gap_real_fake", "final_class_consistency",
+                "final_label_accuracy_unlabelled"]
 
 
 def aggregate(rows):
@@ -829,6 +866,20 @@ def markdown(agg, grids, title="Study"):
             f"{_pm(a['final_fid_train'])} | {memo} | "
             f"{leak} | {_pm(a['final_gap_train_heldout'], 1, 2)} | "
             f"{_pm(a['final_gap_real_fake'], 1, 2)} |")
+      conditional = [m for m in methods
+                     if agg[(g.name, data, m)]["final_class_consistency"] or
+                     agg[(g.name, data, m)]["final_label_accuracy_unlabelled"]]
+      if conditional:
+        lines += ["", "Class-conditional cells, final checkpoint: *class consistency*: share "
+                  "of samples G(z, y) the study's classifier assigns to y; *label accuracy*: "
+                  "share of the unlabelled training reals whose predicted label is right.", "",
+                  "| method | class consistency | label accuracy (unlabelled reals) |",
+                  "|---|---|---|"]
+        for m in conditional:
+          a = agg[(g.name, data, m)]
+          lines.append(f"| {m} | {_pm(a['final_class_consistency'], 100, 1)}% | "
+                       f"{_pm(a['final_label_accuracy_unlabelled'], 100, 1)}"
+                       f"{'%' if a['final_label_accuracy_unlabelled'] else ''} |")
       pairs = list(g.comparisons)
       extra = []
       for m, ref in pairs:

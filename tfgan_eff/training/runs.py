@@ -59,11 +59,13 @@ def load_gan(model_dir, checkpoint_path=None):
   return gan, int(step.numpy())
 
 
-def generate_uint8(gan, n, batch_size=64, seed=0, truncation=1.0):
-  """n samples of the EMA generator as uint8 numpy [n, H, W, C]; labels uniform.
+def generate_uint8(gan, n, batch_size=64, seed=0, truncation=1.0, return_labels=False):
+  """n samples of the EMA generator as uint8 numpy [n, H, W, C]; labels uniform (with
+  `return_labels`: (samples, labels), labels None when unconditional).
 
   The latents and labels are those `export.sampler` feeds an export for the same seed
   (`rng.sample_in_batches`), so a run and its SavedModel evaluate alike.
   """
   return sample_in_batches(lambda z, y: to_uint8(gan.generate(z, y, truncation)), n,
-                           gan.G.z_dim, gan.num_classes, batch_size, seed)
+                           gan.G.z_dim, gan.num_classes, batch_size, seed,
+                           return_labels=return_labels)
