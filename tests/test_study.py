@@ -175,6 +175,51 @@ def test_weights_dir_keeps_the_weights_outside_the_cell_and_resumes_from_them(tm
   assert os.listdir(os.path.join(study.cell_dir(out, c2), "checkpoints")) == ["ckpt-3.index"]
 
 
+def test_grid_after_trains_prerequisites_first_and_fills_in_the_study_dir(tmp_path,
+                                                                         monkeypatch):
+  spec = tmp_path / "spec.gin"
+  spec.write_text("""
+Study.grids = [@src/Grid(), @tgt/Grid()]
+src/Grid.name = 'src'
+src/Grid.gin_files = ['gin/x.gin']
+src/Grid.methods = {'pre': []}
+src/Grid.scored = False
+tgt/Grid.name = 'tgt'
+tgt/Grid.gin_files = ['gin/x.gin']
+tgt/Grid.methods = {'a': [], 'b': []}
+tgt/Grid.seeds = [0, 1]
+tgt/Grid.after = ['src']
+tgt/Grid.bindings = ["SOURCE = '{study_dir}/cells/src-pre-all-s0'"]
+""")
+  out = str(tmp_path / "out")
+  launched = []
+
+  class Trained:  # stands for bin/train; records the order and the bindings it got
+    def __init__(self, cmd, **kwargs):
+      launched.append(cmd)
+
+    def wait(self):
+      time.sleep(0.05)
+      return 0
+
+  monkeypatch.setattr(study.subprocess, "Popen", Trained)
+  with pytest.raises(ValueError, match=r"needs \['src-pre-all-s0'\] trained first"):
+    study.run(str(spec), out, jobs=2, evaluate=False, only="tgt")
+  assert not launched
+  study.run(str(spec), out, jobs=2, evaluate=False)
+  names = [next(a for a in c if a.startswith("--model_dir=")).rsplit("/", 1)[1]
+           for c in launched]
+  assert names[0] == "src-pre-all-s0" and sorted(names[1:]) == [
+      "tgt-a-all-s0", "tgt-a-all-s1", "tgt-b-all-s0", "tgt-b-all-s1"]
+  assert f"--gin_param=SOURCE = '{os.path.abspath(out)}/cells/src-pre-all-s0'" in launched[1]
+  with open(os.path.join(out, "cells", "tgt-a-all-s0", "cell.json")) as f:  # spec: unfilled
+    assert "{study_dir}" in json.load(f)["spec"]["bindings"][0]
+  gin.clear_config()
+  with pytest.raises(ValueError, match="after = \\['tgt'\\] must name grids listed before"):
+    study.load_spec(str(spec), ["src/Grid.after = ['tgt']"])
+  gin.clear_config()
+
+
 SPECS = sorted(glob.glob(os.path.join(ROOT, "studies", "*.gin")))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist", "t10k-images-idx3-ubyte.gz")
 

@@ -113,11 +113,17 @@ class Grid:
     baseline: the method the others are compared with in study.md (default: the first).
     comparisons: extra [method, reference method] pairs for study.md (e.g. InsGen on top of
       DiffAugment against DiffAugment alone).
+    after: names of grids (listed before this one) whose cells must all be trained before
+      this grid's start, e.g. a source model that transfer cells start from. A binding may
+      name the study folder as `{study_dir}` (absolute, filled in when a cell is launched):
+      `"AdaFMTransfer.source = '{study_dir}/cells/source-digits0to8-all-s0'"`.
+    scored: evaluate and report this grid's cells (False: a prerequisite, e.g. the source
+      model, trained but not scored).
   """
 
   def __init__(self, name=gin.REQUIRED, gin_files=gin.REQUIRED, methods=gin.REQUIRED,
                data=None, seeds=(0,), bindings=(), seed_bindings=("GAN.seed = %SEED",),
-               baseline=None, comparisons=(), data_seeds=None):
+               baseline=None, comparisons=(), data_seeds=None, after=(), scored=True):
     for kind, names in (("grid", [name]), ("method", list(methods)),
                         ("data", list(data or {}))):
       bad = [n for n in names if not _NAME.match(str(n))]
@@ -142,6 +148,7 @@ class Grid:
     self.seed_bindings = tuple(seed_bindings)
     self.baseline = baseline or next(iter(self.methods))
     self.comparisons = [tuple(c) for c in comparisons]
+    self.after, self.scored = tuple(after), bool(scored)
     for m in [self.baseline, *[x for c in self.comparisons for x in c]]:
       if m not in self.methods:
         raise ValueError(f"Grid '{name}': '{m}' (baseline/comparisons) is not one of its "
@@ -252,6 +259,11 @@ class Study:
     names = [g.name for g in self.grids]
     if len(set(names)) != len(names):
       raise ValueError(f"Study grids need distinct names, got {names}.")
+    for i, g in enumerate(self.grids):
+      bad = [a for a in g.after if a not in names[:i]]
+      if bad:
+        raise ValueError(f"Grid '{g.name}': after = {bad} must name grids listed before it "
+                         f"in Study.grids ({names[:i]}).")
     self.evaluation = evaluation
     extra = []
     for m in macros:
@@ -261,6 +273,14 @@ class Study:
         raise ValueError(f"Study.macros names '{m}', which the spec does not set; add "
                          f"`{m} = ...` to it.") from None
     self.cells = [c for g in self.grids for c in g.cells(extra)]
+
+  def grid(self, cell):
+    return next(g for g in self.grids if g.name == cell.grid)
+
+  def prerequisites(self, cell):
+    """The cells that must be trained before `cell` (those of its grid's `after` grids)."""
+    after = self.grid(cell).after
+    return [c for c in self.cells if c.grid in after]
 
 
 def load_spec(path, params=()):
@@ -337,7 +357,9 @@ def train_command(out, cell):
          f"--model_dir={cell_dir(out, cell)}"]
   cmd += [f"--gin_file={f}" for f in cell.gin_files]
   # Every checkpoint is kept: the evaluation scores them all.
-  cmd += [f"--gin_param={b}" for b in cell.bindings + ("Trainer.keep_checkpoints = None",)]
+  study_dir = os.path.abspath(out)
+  cmd += [f"--gin_param={b.replace('{study_dir}', study_dir)}"
+          for b in cell.bindings + ("Trainer.keep_checkpoints = None",)]
   return cmd
 
 
@@ -950,7 +972,7 @@ def plot_grids(out, study, path):
   """One sample grid per method (first seed, last checkpoint, same latents), side by side."""
   plt = _pyplot()
   rows = []
-  for g in study.grids:
+  for g in [g for g in study.grids if g.scored]:
     for d in g.data:
       found = []
       for m in g.methods:
@@ -1015,9 +1037,16 @@ def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=Tr
     study.evaluation.keep_extractor_weights_in(os.path.join(out, "extractor"))
   status = {c.name: cell_status(out, c) for c in cells}  # before any work: spec mismatches
   title = os.path.splitext(os.path.basename(spec_path))[0]
+  todo = [c for c in cells if status[c.name] != "done"] if train else []
+  chosen = {c.name for c in cells}
+  for c in todo:  # prerequisites outside the selection must be trained already
+    missing = [p.name for p in study.prerequisites(c)
+               if p.name not in chosen and _status_or_none(out, p) != "done"]
+    if missing:
+      raise ValueError(f"Cell '{c.name}' needs {missing} trained first (Grid.after); "
+                       f"include them in --only, or train them first.")
   with open(spec_path) as f:
     atomic_write(os.path.join(out, "spec.gin"), f.read())
-  todo = [c for c in cells if status[c.name] != "done"] if train else []
   logging.info("Study %s: %d cells, %d done, %d to train (%d at a time) in %s.", title,
                len(cells), len(cells) - len(todo), len(todo), jobs, out)
   ev = study.evaluation
@@ -1026,18 +1055,29 @@ def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=Tr
 
   def evaluate_done():
     for c in cells:
-      if c.name not in evaluated and cell_status(out, c) == "done":
+      if (c.name not in evaluated and study.grid(c).scored and
+          cell_status(out, c) == "done"):
         rows.extend(evaluate_cell(ev, out, c))
         evaluated.add(c.name)
+
+  def ready(c):
+    return all(_status_or_none(out, p) == "done" for p in study.prerequisites(c))
 
   if threads is None and jobs > 1:
     threads = max(1, (os.cpu_count() or 1) // jobs)
   t_start = time.time()
   pool = futures.ThreadPoolExecutor(max_workers=max(1, jobs))
   try:
-    pending = {pool.submit(train_cell, out, c, threads, weights_dir): c for c in todo}
-    finished = 0
-    while pending:
+    waiting, pending, finished = list(todo), {}, 0
+    while waiting or pending:
+      for c in [c for c in waiting if ready(c)]:  # in spec order, as prerequisites finish
+        waiting.remove(c)
+        pending[pool.submit(train_cell, out, c, threads, weights_dir)] = c
+      if not pending:  # what is left waits for cells that failed
+        for c in waiting:
+          failures.append((c.name, "its prerequisites failed"))
+          logging.error("%s not trained: a cell it needs (Grid.after) failed.", c.name)
+        break
       done, _ = futures.wait(list(pending), timeout=5, return_when=futures.FIRST_COMPLETED)
       for fut in done:
         c = pending.pop(fut)
@@ -1064,11 +1104,12 @@ def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=Tr
     evaluate_done()
     if not train:  # unfinished cells: score their checkpoints so far (not reported yet)
       for c in cells:
-        if c.name not in evaluated and cell_status(out, c) == "partial":
+        if (c.name not in evaluated and study.grid(c).scored and
+            cell_status(out, c) == "partial"):
           evaluate_cell(ev, out, c, final=False)
-    chosen = {c.name for c in cells}
     for c in study.cells:  # the report covers the whole study; --only limits the work
-      if c.name not in chosen and _status_or_none(out, c) == "done":
+      if (c.name not in chosen and study.grid(c).scored and
+          _status_or_none(out, c) == "done"):
         rows.extend(evaluate_cell(ev, out, c, score=False))
     agg = report(out, study, rows, title)
     logging.info("Wrote %s (study.csv, study.md, fid_curves.png, grids.png).", out)

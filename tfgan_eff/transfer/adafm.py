@@ -245,8 +245,9 @@ class AdaFMTransfer:
     # γ/β get their own optimizer: its step count starts when they unfreeze, as PyTorch's
     # per-parameter Adam state does in the reference (no burst of up to 1/sqrt(1 - beta_2)
     # times the learning rate at the start step; GAN.own_optimizer).
-    gan.own_optimizer("g", "adafm", _modulation_variables(G), self.adafm_start_step)
-    if self.adafm_d:  # D steps: disc_iters per G step
+    if _modulation_variables(G):  # none when nothing is low level (plain fine-tuning)
+      gan.own_optimizer("g", "adafm", _modulation_variables(G), self.adafm_start_step)
+    if self.adafm_d and _modulation_variables(D):  # D steps: disc_iters per G step
       gan.own_optimizer("d", "adafm", _modulation_variables(D),
                         self.adafm_start_step * gan.disc_iters)
     self._log(gan, src, g_low, d_low, g_rename, d_rename, len(plan), wrapped)
