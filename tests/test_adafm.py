@@ -364,7 +364,8 @@ class ToyDiscriminator(keras.Model):
   def project(self, features, y, training=False):
     return tf.reduce_sum(self.classes(y, training=training) * features, axis=-1)
 
-  def call(self, x, y=None, training=False):
+  def call(self, x, y=None, training=False, segments=1):
+    del segments
     h = x
     for down in self.downs:
       h = tf.nn.avg_pool2d(tf.nn.relu(down(h, training=training)), 2, 2, "VALID")

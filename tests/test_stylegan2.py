@@ -150,6 +150,24 @@ def test_minibatch_std_matches_numpy_and_handles_small_or_odd_batches():
   np.testing.assert_allclose(dyn(x), layer(x), rtol=1e-5)
 
 
+def test_minibatch_std_groups_never_span_reals_and_fakes():
+  """D's [reals; fakes] with `segments=2`: the reals' logits do not depend on the fakes,
+  for a half-batch the group size does not divide (6 with group 4: today's grouping of the
+  12 would put samples 4-7 in one group) and one smaller than it (batch 8, group 32)."""
+  for half, group in ((6, 4), (8, 32)):
+    d = StyleGAN2Discriminator(resolution=16, channels=1, fmap_base=64, fmap_max=8,
+                               mbstd_group_size=group)
+    reals = tf.random.stateless_normal([half, 16, 16, 1], [half, 0])
+    a, b = (s * tf.random.stateless_normal([half, 16, 16, 1], [half, s]) for s in (1, 10))
+    split = [d(tf.concat([reals, f], 0), segments=2)["logits"][:half] for f in (a, b)]
+    np.testing.assert_allclose(split[0], split[1], rtol=1e-6)
+    np.testing.assert_allclose(split[0], d(reals)["logits"], rtol=1e-5, atol=1e-6)
+    mixed = [d(tf.concat([reals, f], 0))["logits"][:half] for f in (a, b)]  # one segment
+    assert np.abs(mixed[0] - mixed[1]).max() > 1e-4
+  with pytest.raises(ValueError, match="does not split into 2 equal segments"):
+    L.MinibatchStd()(tf.zeros([5, 4, 4, 2]), segments=2)
+
+
 # --------------------------------------------------------------------------- networks
 
 def test_channel_schedule_reproduces_official_widths():

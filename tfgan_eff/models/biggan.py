@@ -225,7 +225,9 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
 class BigGANDiscriminator(layers.BuildOnCall, keras.Model):
   """BigGAN discriminator: residual down-blocks, attention, sum pooling, projection.
 
-  Returns `{"logits": [B], "features": [B, C], "feature_map": [B, h, w, C]}`.
+  `call(x, y=None, training=False, segments=1)` returns `{"logits": [B], "features": [B, C],
+  "feature_map": [B, h, w, C]}`; it computes nothing across samples, so `segments` (the
+  number of independent parts of the batch) changes nothing.
 
   >>> d = BigGANDiscriminator(resolution=32, ch=8, num_classes=10)
   >>> d(tf.zeros([2, 32, 32, 3]), tf.constant([1, -1]))["logits"].shape
@@ -263,7 +265,8 @@ class BigGANDiscriminator(layers.BuildOnCall, keras.Model):
     """The projection term <embed(y), features>; -1 labels contribute 0."""
     return tf.reduce_sum(self.embed(y, training=training) * features, axis=-1)
 
-  def call(self, x, y=None, training=False):
+  def call(self, x, y=None, training=False, segments=1):
+    del segments  # no statistics across samples
     h = x
     for i, block in enumerate(self.blocks):
       h = block(h, training=training)

@@ -410,8 +410,9 @@ class StyleGAN2Discriminator(keras.Model):
       the batch when needed) and number of appended channels (0 disables the layer).
     architecture: "resnet" or "orig" (no shortcut).
 
-  `call(x, y=None, training=False)` returns {"logits": [B], "features": [B, C],
-  "feature_map": [B, 4, 4, C]}.
+  `call(x, y=None, training=False, segments=1)` returns {"logits": [B], "features": [B, C],
+  "feature_map": [B, 4, 4, C]}; `segments`: x is that many equal, independent parts (the
+  GAN's [reals; fakes]), which minibatch-std groups never span.
 
   >>> d = StyleGAN2Discriminator(resolution=16, fmap_base=64, fmap_max=8)
   >>> d(tf.zeros([2, 16, 16, 3]))["feature_map"].shape
@@ -463,13 +464,13 @@ class StyleGAN2Discriminator(keras.Model):
     e = tf.cast(self.embed(y), features.dtype)
     return tf.reduce_sum(e * features, axis=-1) * (1.0 / math.sqrt(self.feature_dim))
 
-  def call(self, x, y=None, training=False):
+  def call(self, x, y=None, training=False, segments=1):
     h = x
     for block in self.blocks:
       h = block(h)
     fmap = h
     if self.mbstd is not None:
-      h = self.mbstd(h)
+      h = self.mbstd(h, segments=segments)
     h = self.conv(h)
     features = self.fc(tf.reshape(h, [-1, 16 * self.feature_dim]))
     features = tf.cast(features, tf.float32)  # float32 outputs under mixed precision too

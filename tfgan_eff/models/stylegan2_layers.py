@@ -384,10 +384,12 @@ def _group_size(batch, group_size):
 class MinibatchStd(keras.layers.Layer):
   """Appends `num_features` minibatch-standard-deviation channels (Karras et al. 2018).
 
-  Samples are split into groups of G = min(group_size, B) consecutive samples (sample i
-  belongs to group i // G). If B is not divisible by that, G falls back to the largest
-  divisor of B below it (e.g. B = 6, group 4 -> G = 3; B = 5 -> G = 5 or 1), so any
-  per-replica batch works. For each group, the std over the group of every feature is
+  Samples are split into groups of G = min(group_size, S) consecutive samples (sample i
+  belongs to group i // G), where S = B / `segments` is the size of each independent part of
+  the batch (`call(x, segments=2)`: D's [reals; fakes], so that no group spans both, as in
+  the reference, which runs D on them separately). If S is not divisible by that, G falls
+  back to the largest divisor of S below it (e.g. S = 6, group 4 -> G = 3; S = 5 -> G = 5
+  or 1), so any per-replica batch works. For each group, the std over the group of every feature is
   averaged over space and the C / num_features channels of each feature slice, giving
   [B, H, W, C + num_features].
 
@@ -402,13 +404,16 @@ class MinibatchStd(keras.layers.Layer):
     super().__init__(**kwargs)
     self.group_size, self.num_features = int(group_size), int(num_features)
 
-  def call(self, x):
+  def call(self, x, segments=1):
     b_static, h, w, c = x.shape
     f = self.num_features
     if c % f:
       raise ValueError(f"MinibatchStd: channels {c} are not divisible by num_features {f}.")
+    if b_static is not None and b_static % segments:
+      raise ValueError(f"MinibatchStd: a batch of {b_static} does not split into {segments} "
+                       f"equal segments.")
     b = b_static if b_static is not None else tf.shape(x)[0]
-    g = _group_size(b, self.group_size)
+    g = _group_size(b // segments, self.group_size)
     y = tf.reshape(tf.cast(x, tf.float32), [-1, g, h, w, f, c // f])
     y = y - tf.reduce_mean(y, axis=1, keepdims=True)
     y = tf.sqrt(tf.reduce_mean(tf.square(y), axis=1) + 1e-8)  # [B/G, H, W, F, c]

@@ -293,7 +293,7 @@ class GAN(tf.Module):
       y = None
       if self.num_classes:
         y = tf.concat([ctx.real_labels_for_d, ctx.fake_labels], 0)
-      out = self.D(x, y, training=True)
+      out = self.D(x, y, training=True, segments=2)  # no batch statistic spans both halves
       b = ctx.local_batch
       ctx.d_real = {k: v[:b] for k, v in out.items()}
       ctx.d_fake = {k: v[b:] for k, v in out.items()}
