@@ -226,8 +226,27 @@ def test_truncation_zero_maps_every_z_to_the_average_image():
   assert not np.allclose(y[0], y[1], atol=1e-4)
 
 
+def test_style_mixing_per_batch_is_one_decision_and_one_crossover_for_the_batch():
+  g = tiny_g(style_mixing_prob=0.5)  # the default: per batch, as the reference
+  assert g.style_mixing == "per_batch"
+  ws = g.mapping(tf.random.normal([6, 8]))
+  decisions = set()
+  for step in range(12):
+    mixed, cutoff = g.style_mix(ws, rng=SampleRNG([0, step]))
+    assert len(set(cutoff.numpy().tolist())) == 1  # the whole batch alike
+    c = int(cutoff[0])
+    decisions.add(c < g.num_ws)
+    np.testing.assert_array_equal(mixed[:, :c], ws[:, :c])
+  assert decisions == {True, False}  # mixed in some steps, not in others (p = 0.5)
+  # 2 replicas of 3 draw what 1 replica of 6 does: a global decision.
+  whole = g.style_mix(ws, rng=SampleRNG([0, 3]))[1]
+  for offset in (0, 3):
+    part = g.style_mix(ws[offset:offset + 3], rng=SampleRNG([0, 3], 6, offset))[1]
+    np.testing.assert_array_equal(part, whole[offset:offset + 3])
+
+
 def test_style_mixing_switches_to_the_second_w_at_the_crossover():
-  g = tiny_g(style_mixing_prob=1.0)
+  g = tiny_g(style_mixing_prob=1.0, style_mixing="per_sample")
   ws = g.mapping(tf.random.normal([6, 8]))
   mixed, cutoff = g.style_mix(ws, rng=SampleRNG([0, 1]))
   mixed, ws, cutoff = mixed.numpy(), ws.numpy(), cutoff.numpy()

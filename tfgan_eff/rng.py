@@ -66,6 +66,11 @@ class SampleRNG:
     """N(0, 1) of `shape`; shape[0] is the local batch."""
     return self._draw(tf.random.stateless_normal, shape, dtype=dtype)
 
+  def batch_uniform(self, minval=0.0, maxval=1.0, dtype=tf.float32):
+    """One U[minval, maxval) value for the whole global batch (the same on every replica)."""
+    return tf.random.stateless_uniform([], seed=self.next_seed(), minval=minval,
+                                       maxval=maxval, dtype=dtype)
+
   def integers(self, shape, minval, maxval, dtype=tf.int32):
     """Integers uniform in [minval, maxval) of `shape`; shape[0] is the local batch."""
     return self._draw(tf.random.stateless_uniform, shape, minval=minval,

@@ -236,8 +236,10 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
     mapping_layers, mapping_lr_multiplier: depth and learning-rate multiplier of the
       mapping network.
     fmap_base, fmap_max, fmap_decay: channel widths (see the module docstring).
-    style_mixing_prob: probability (per sample, training only) of switching to the w of a
-      second z from a random layer on.
+    style_mixing_prob: probability (training only) of switching to the w of a second z from
+      a random layer on.
+    style_mixing: "per_batch" (the reference: one decision and one crossover layer for the
+      whole global batch) or "per_sample" (each sample decides and draws its own).
     w_avg_beta: decay of the running average of w (updated in training calls).
     architecture: "skip" (toRGB at every resolution, summed) or "orig" (toRGB at the end).
     widths: {resolution: channels} overriding `channels_at` for the blocks at those
@@ -257,7 +259,7 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
   def __init__(self, resolution=256, channels=3, z_dim=512, w_dim=512, num_classes=0,
                mapping_layers=8, mapping_lr_multiplier=0.01, fmap_base=16384, fmap_max=512,
                fmap_decay=1.0, style_mixing_prob=0.9, w_avg_beta=0.995, architecture="skip",
-               widths=None, **kwargs):
+               widths=None, style_mixing="per_batch", **kwargs):
     super().__init__(**kwargs)
     check_resolution(resolution)
     if architecture not in ("skip", "orig"):
@@ -265,6 +267,10 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
                        f"'{architecture}'.")
     self.resolution, self.channels, self.z_dim, self.w_dim = resolution, channels, z_dim, w_dim
     self.num_classes, self.style_mixing_prob = num_classes, style_mixing_prob
+    if style_mixing not in ("per_batch", "per_sample"):
+      raise ValueError(f"StyleGAN2Generator.style_mixing must be 'per_batch' or 'per_sample', "
+                       f"got '{style_mixing}'.")
+    self.style_mixing = style_mixing
     self.architecture = architecture
     self._f = L.setup_filter([1, 3, 3, 1])
     self._config = dict(resolution=resolution, channels=channels, z_dim=z_dim, w_dim=w_dim,
@@ -272,7 +278,8 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
                         mapping_lr_multiplier=mapping_lr_multiplier, fmap_base=fmap_base,
                         fmap_max=fmap_max, fmap_decay=fmap_decay,
                         style_mixing_prob=style_mixing_prob, w_avg_beta=w_avg_beta,
-                        architecture=architecture, widths=dict(widths or {}))
+                        architecture=architecture, widths=dict(widths or {}),
+                        style_mixing=style_mixing)
     res_list = _block_resolutions(resolution)
     self.channels_dict = with_widths(
         {r: channels_at(r, fmap_base, fmap_max, fmap_decay) for r in res_list}, widths,
@@ -304,22 +311,29 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
     return self.mapping_network(z, y, training=training, truncation=truncation)
 
   def style_mix(self, ws, y=None, truncation=1.0, rng=None, prob=None):
-    """Per sample, with probability `prob` (default `style_mixing_prob`), replaces
-    ws[:, c:] by the ws of a fresh z (same labels, no w_avg update), c ~ U{1..num_ws-1}.
+    """With probability `prob` (default `style_mixing_prob`), replaces ws[:, c:] by the ws
+    of a fresh z (same labels, no w_avg update), c ~ U{1..num_ws-1}: one decision and one c
+    for the whole global batch (`style_mixing = "per_batch"`, the reference) or per sample.
 
     Draw order from `rng`: second z, decision, crossover. Returns (ws, cutoff [B]), where
     cutoff = num_ws for samples that are not mixed.
     """
     prob = self.style_mixing_prob if prob is None else prob
     b = ws.shape[0] if ws.shape[0] is not None else tf.shape(ws)[0]
+    per_batch = self.style_mixing == "per_batch"
     if rng is not None:
       z2 = rng.normal([b, self.z_dim])
-      u = rng.uniform([b])
-      cut = rng.integers([b], 1, self.num_ws)
+      if per_batch:
+        u = tf.fill([b], rng.batch_uniform())
+        cut = tf.fill([b], tf.cast(rng.batch_uniform(1, self.num_ws, tf.int32), tf.int32))
+      else:
+        u = rng.uniform([b])
+        cut = rng.integers([b], 1, self.num_ws)
     else:
       z2 = tf.random.normal([b, self.z_dim])
-      u = tf.random.uniform([b])
-      cut = tf.random.uniform([b], 1, self.num_ws, dtype=tf.int32)
+      shape = [] if per_batch else [b]
+      u = tf.broadcast_to(tf.random.uniform(shape), [b])
+      cut = tf.broadcast_to(tf.random.uniform(shape, 1, self.num_ws, dtype=tf.int32), [b])
     ws2 = self.mapping_network(tf.cast(z2, ws.dtype), y, training=False,
                                truncation=truncation, update_w_avg=False)
     cutoff = tf.where(u < prob, cut, tf.fill(tf.shape(cut), self.num_ws))
