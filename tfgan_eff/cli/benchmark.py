@@ -7,11 +7,15 @@
   bin/benchmark --extractor=digits            # FID feature extraction throughput
   bin/benchmark --extractor=inception --inception_path=classify_image_graph_def.pb
 
-Prints the median step time (one G step with its D steps), training images/sec (real
-images consumed per second: (disc_iters + 1) x global batch per step) and the peak resident
-memory of the process. With --variant, the base config and each variant are timed in
-interleaved rounds in one process, and their median step-time ratios to the base are printed
-(machines are noisy: compare ratios measured side by side, not numbers from different runs).
+For each variant (the base config first): the median step time (one G step with its D
+steps) with its min and max, training images/sec (real images consumed per second:
+(disc_iters + 1) x global batch per step), the FLOPs of one step (the TF profiler's count
+of the traced step, `tfgan_eff.perf`) and the GFLOP/s they imply, as a share of a peak
+measured here (a 2048² matmul and the step's largest convolution). The variants are timed in
+interleaved rounds in one process, each round in another order (rotated), after --warmup
+(>= 3) untimed steps each; ratios are to the base's median. The load average at the start
+and the end says how quiet the machine was. Machines are noisy: compare ratios measured side
+by side, not numbers from different runs.
 """
 
 import os
@@ -25,7 +29,8 @@ from tfgan_eff.cli import entry, gin_flags  # noqa: F401  (defines --gin_file, -
 
 flags.DEFINE_integer("steps", 10, "Timed steps per round.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds (variants alternate).")
-flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing).")
+flags.DEFINE_integer("warmup", 3, "Untimed steps per variant first (tracing, caches); >= 3.")
+flags.DEFINE_bool("flops", True, "Count each step's FLOPs and measure this machine's peak.")
 flags.DEFINE_multi_string("variant", [], "name:binding;binding... timed against the base.")
 flags.DEFINE_bool("describe", False, "Print parameter counts of G and D and exit.")
 flags.DEFINE_enum("extractor", None, ["inception", "digits", "inception_v3_untrained"],
@@ -125,6 +130,11 @@ def main(argv):
   for v in FLAGS.variant:
     name, _, bindings = v.partition(":")
     variants.append((name, [b for b in bindings.split(";") if b.strip()]))
+  if FLAGS.warmup < 3:
+    raise app.UsageError(f"--warmup must be >= 3 (got {FLAGS.warmup}): the first steps of a "
+                         f"variant include tracing and warm caches.")
+  from tfgan_eff import perf  # pylint: disable=import-outside-toplevel
+  load_start = os.getloadavg()
   runs = []
   for name, extra in variants:
     _parse(extra)
@@ -133,29 +143,57 @@ def main(argv):
     it = iter(trainer.strategy.distribute_datasets_from_function(
         trainer.data.dataset_fn(trainer.batch_size)))
     step = trainer._make_train_step()  # pylint: disable=protected-access
+    run_ = {"name": name, "step": step, "it": it, "times": [], "per_step": per_step,
+            "replicas": trainer.strategy.num_replicas_in_sync, "flops": None}
+    if FLAGS.flops:
+      cost = perf.step_cost(trainer, it)
+      run_.update(flops=cost["flops"], lower_bound=cost["lower_bound"], conv=cost["conv"])
+    runs.append(run_)
+  # Warm-up once every variant exists: creating a GAN sets the global random seed, and
+  # tf.function retraces every step function after that (before, the base paid for that
+  # retrace in its first timed step, 20x a step, after the variants were built).
+  for r in runs:
     for _ in range(FLAGS.warmup):
-      step(it, tf.constant(False))
-    runs.append({"name": name, "step": step, "it": it, "times": [], "per_step": per_step,
-                 "replicas": trainer.strategy.num_replicas_in_sync})
-  for _ in range(FLAGS.rounds):
-    for r in runs:
+      r["step"](r["it"], tf.constant(False))
+  for k in range(FLAGS.rounds):
+    for r in runs[k % len(runs):] + runs[:k % len(runs)]:  # rotated: no fixed first place
       for _ in range(FLAGS.steps):
         t0 = time.perf_counter()
         out = r["step"](r["it"], tf.constant(False))  # False: no stop signal
         tf.nest.map_structure(lambda t: t.numpy(), out)  # wait for the step to finish
         r["times"].append(time.perf_counter() - t0)
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  peak = perf.measure_peak(runs[0].get("conv")) if FLAGS.flops else None
+  load_end = os.getloadavg()
   print(f"config: {' '.join(FLAGS.gin_file)} {' '.join(FLAGS.gin_param)}")
   print(f"machine: {os.cpu_count()} CPU cores, GPUs: "
-        f"{len(tf.config.list_physical_devices('GPU'))}, TF {tf.__version__}")
+        f"{len(tf.config.list_physical_devices('GPU'))}, TF {tf.__version__}; load average "
+        f"(1/5/15 min) {'/'.join(f'{x:.2f}' for x in load_start)} at the start, "
+        f"{'/'.join(f'{x:.2f}' for x in load_end)} at the end")
+  if peak:
+    conv = runs[0].get("conv")
+    print(f"peak measured here: matmul 2048² {peak['matmul']:.1f} GFLOP/s"
+          + (f", conv {conv[0]} * {conv[1]} {peak['conv']:.1f} GFLOP/s" if conv else ""))
   base = float(np.median(runs[0]["times"]))
-  print(f"{'variant':<16}{'step s (median)':>16}{'img/s':>10}{'ratio':>8}{'replicas':>10}")
+  print(f"{'variant':<16}{'step s (median)':>16}{'min':>9}{'max':>9}{'img/s':>9}"
+        f"{'ratio':>8}{'GFLOP/step':>12}{'GFLOP/s':>9}{'of peak':>9}{'replicas':>9}")
   for r in runs:
     med = float(np.median(r["times"]))
-    print(f"{r['name']:<16}{med:>16.4f}{r['per_step'] / med:>10.1f}{med / base:>8.3f}"
-          f"{r['replicas']:>10}")
+    flops = ""
+    if r["flops"]:
+      rate = r["flops"] / med / 1e9
+      bound = ">=" if r["lower_bound"] else ""
+      flops = (f"{bound + format(r['flops'] / 1e9, '.2f'):>12}{bound + format(rate, '.1f'):>9}"
+               f"{format(100 * rate / peak['peak'], '.0f') + '%':>9}")
+    else:
+      flops = f"{'-':>12}{'-':>9}{'-':>9}"
+    print(f"{r['name']:<16}{med:>16.4f}{min(r['times']):>9.4f}{max(r['times']):>9.4f}"
+          f"{r['per_step'] / med:>9.1f}{med / base:>8.3f}{flops}{r['replicas']:>9}")
+  if any(r.get("lower_bound") for r in runs):
+    print("(>=: the step has conditionals, e.g. lazy R1 / path length, whose FLOPs the "
+          "profiler does not count)")
   print(f"peak resident memory of the process: {peak_mb:.0f} MB "
-        f"({FLAGS.rounds} rounds x {FLAGS.steps} steps per variant)")
+        f"({FLAGS.rounds} rounds x {FLAGS.steps} steps per variant, {FLAGS.warmup} warm-up)")
 
 
 def run():
