@@ -53,6 +53,19 @@ def mirrored():
   return _MIRRORED[0]
 
 
+def one_and_two_replicas(tmp_path, train_steps=1):
+  """The current gin config trained `train_steps` steps on one device and on 2 replicas
+  (in tmp_path/one and tmp_path/two) -> the two trainers."""
+  from tfgan_eff.training.trainer import Trainer  # pylint: disable=import-outside-toplevel
+  runs = []
+  for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                         ("two", mirrored())):
+    t = Trainer(model_dir=str(tmp_path / name), strategy=strategy, train_steps=train_steps)
+    t.train()
+    runs.append(t)
+  return runs
+
+
 def scalars(model_dir):
   """{last tag component: last value} of a run's numeric scalar summaries."""
   from tfgan_eff.io import read_scalars  # pylint: disable=import-outside-toplevel

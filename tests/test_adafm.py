@@ -457,18 +457,12 @@ def test_late_start_own_optimizer_on_two_replicas_matches_one(tiny_gin, tmp_path
   """γ/β's own optimizer (gated, its step count reset until the start) under
   MirroredStrategy: 2 replicas give the weights of 1, before and after the start step."""
   import conftest  # pylint: disable=import-outside-toplevel
-  from tfgan_eff.training.trainer import Trainer  # pylint: disable=import-outside-toplevel
   tiny_gin(*UNCOND)
   _, prefix = _source(tmp_path)
   tiny_gin(*UNCOND, "GAN.warm_start = @AdaFMTransfer()", f"AdaFMTransfer.source = '{prefix}'",
            "AdaFMTransfer.adafm_start_step = 2", "g/adam.epsilon = 1.0",
            "d/adam.epsilon = 1.0", "GAN.g_optimizer = @g/adam()", "GAN.d_optimizer = @d/adam()")
-  runs = []
-  for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                         ("two", conftest.mirrored())):
-    t = Trainer(model_dir=str(tmp_path / name), strategy=strategy, train_steps=3)
-    t.train()
-    runs.append(t)
+  runs = conftest.one_and_two_replicas(tmp_path, train_steps=3)
   own = [t.gan._own["g"][0][1] for t in runs]  # pylint: disable=protected-access
   assert [int(o.iterations.numpy()) for o in own] == [1, 1]
   for a, b in zip(runs[0].gan.G.weights, runs[1].gan.G.weights):

@@ -340,13 +340,7 @@ def test_every_insgen_config_parses_into_its_gan(name):
 @pytest.mark.slow
 def test_insgen_one_vs_two_replicas_give_the_same_weights(tiny_gin, tmp_path):
   _tiny(tiny_gin)
-  runs = []
-  for name, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
-                         ("two", conftest.mirrored())):
-    t = Trainer(model_dir=str(tmp_path / name), strategy=strategy, train_steps=1)
-    t.train()
-    runs.append(t)
-  t1, t2 = runs
+  t1, t2 = conftest.one_and_two_replicas(tmp_path)
   term1, term2 = t1.gan.terms[1], t2.gan.terms[1]
 
   def state(t, term):

@@ -13,13 +13,14 @@ def adam(learning_rate=2e-4, beta_1=0.0, beta_2=0.999, epsilon=1e-8):
 
 @gin.configurable
 def lazy_adam(learning_rate=0.0025, beta_1=0.0, beta_2=0.99, epsilon=1e-8, reg_interval=1):
-  """Adam for a network regularized lazily, every `reg_interval` steps (StyleGAN2).
+  """Adam at stylegan2-ada-pytorch's lazy-regularization settings: with c = reg_interval /
+  (reg_interval + 1), learning_rate · c and betas β ** c.
 
-  As stylegan2-ada-pytorch's training loop: with c = reg_interval / (reg_interval + 1), the
-  optimizer runs at learning_rate · c and betas β ** c (there the regularizer takes its own
-  optimizer step every reg_interval steps, which c compensates; here it is folded into the
-  ordinary step: docs/architecture.md). `reg_interval = 1` is plain Adam with these
-  settings, the form for a network without lazy regularization.
+  There the regularizer takes an optimizer step of its own every reg_interval steps, which c
+  compensates. This library folds the regularizer into the ordinary step, so its StyleGAN2
+  configs use plain Adam (docs/architecture.md, "StyleGAN2 regularizers"); this optimizer
+  remains for the augmentation study's backbone, whose recorded cells were trained with it.
+  `reg_interval = 1` is plain Adam.
   """
   if reg_interval < 1:
     raise ValueError(f"lazy_adam.reg_interval must be >= 1, got {reg_interval}.")
