@@ -46,6 +46,29 @@ def test_imagenet128_parameter_counts_match_compare_gan(monkeypatch):
   assert count_params(d.trainable_variables) == 87_982_370
 
 
+def test_cifar_config_matches_the_diffaugment_scripts_parameter_count():
+  """gin/biggan/biggan_cifar10.gin: per-layer class embeddings, no hierarchical z, as the
+  DiffAugment BigGAN-CIFAR scripts (BigGAN-PyTorch G_shared=False): G 4,304,387."""
+  import gin  # pylint: disable=import-outside-toplevel
+  from tfgan_eff import config  # pylint: disable=import-outside-toplevel
+  gin.clear_config()
+  try:
+    config.parse(["gin/biggan/biggan_cifar10.gin"], [], finalize=False)
+    g = BigGANGenerator()
+  finally:
+    gin.clear_config()
+  y = tf.constant([3, 7])
+  x = g(tf.random.normal([2, 128]), y)
+  assert g.per_layer_embedding and g.embed is None and g.z_dim == 128
+  assert count_params(g.trainable_variables) == 4_304_387
+  # The tables are read as embeddings: soft one-hot labels give the same images.
+  np.testing.assert_allclose(g(tf.zeros([2, 128]), tf.one_hot(y, 10)),
+                             g(tf.zeros([2, 128]), y), rtol=1e-5, atol=1e-6)
+  assert x.shape == (2, 32, 32, 3)
+  with pytest.raises(ValueError, match="per-layer class embeddings .* hierarchical_z"):
+    BigGANGenerator(resolution=32, ch=4, num_classes=10, shared_dim=0)
+
+
 def test_spectral_norm_bounds_largest_singular_value():
   layer = layers.SNConv2D(16, 3)
   x = tf.random.normal([2, 8, 8, 6])

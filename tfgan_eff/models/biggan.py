@@ -61,11 +61,13 @@ def _downsample(x):
 class GBlock(layers.BuildOnCall, keras.layers.Layer):
   """BN -> ReLU -> up -> conv3 -> BN -> ReLU -> conv3, plus up -> conv1 shortcut."""
 
-  def __init__(self, in_ch, out_ch, conditional, use_sn=True, bn_momentum=0.9, **kwargs):
+  def __init__(self, in_ch, out_ch, conditional, use_sn=True, bn_momentum=0.9, cbn_sn=None,
+               **kwargs):
     super().__init__(**kwargs)
+    cbn_sn = use_sn if cbn_sn is None else cbn_sn
     if conditional:
-      self.bn1 = layers.ConditionalBatchNorm(in_ch, bn_momentum, use_sn=use_sn, name="bn1")
-      self.bn2 = layers.ConditionalBatchNorm(out_ch, bn_momentum, use_sn=use_sn, name="bn2")
+      self.bn1 = layers.ConditionalBatchNorm(in_ch, bn_momentum, use_sn=cbn_sn, name="bn1")
+      self.bn2 = layers.ConditionalBatchNorm(out_ch, bn_momentum, use_sn=cbn_sn, name="bn2")
     else:
       self.bn1 = layers.CrossReplicaBatchNorm(bn_momentum, name="bn1")
       self.bn2 = layers.CrossReplicaBatchNorm(bn_momentum, name="bn2")
@@ -124,7 +126,11 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
     z_dim: latent size; with `hierarchical_z` it is rounded down to a multiple of the
       number of chunks (blocks + 1), and `self.z_dim` holds the value used.
     num_classes: 0 for an unconditional generator.
-    shared_dim: size of the shared class embedding.
+    shared_dim: size of the shared class embedding; 0 (with classes): per-layer class
+      embeddings instead, as BigGAN-PyTorch's `G_shared=False` (the DiffAugment CIFAR
+      scripts): every conditional BN's gain and bias are tables [num_classes, channels] of
+      their own, without spectral norm (a linear map of one-hot y); needs
+      `hierarchical_z=False`.
     hierarchical_z: split z into one chunk for the input layer and one per block.
     attention_resolution: resolution after whose block self-attention sits (0: none).
     widths: {resolution: channels} overriding the published widths (`G_ARCH` x `ch`) of the
@@ -161,9 +167,15 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
       self.z_dim = self.chunk * (n_blocks + 1)
     else:
       self.chunk, self.z_dim = 0, z_dim
+    self.per_layer_embedding = bool(num_classes) and not shared_dim
+    if self.per_layer_embedding and hierarchical_z:
+      raise ValueError("BigGANGenerator: per-layer class embeddings (shared_dim = 0) need "
+                       "hierarchical_z = False (as BigGAN-PyTorch's G_shared=False); set both, "
+                       "or a shared_dim > 0.")
     self.embed = (layers.SNEmbedding(num_classes, shared_dim, use_sn=False, name="shared")
-                  if num_classes else None)
-    cond_dim = (self.chunk if hierarchical_z else 0) + (shared_dim if num_classes else 0)
+                  if num_classes and shared_dim else None)
+    cond_dim = ((self.chunk if hierarchical_z else 0) +
+                ((shared_dim or num_classes) if num_classes else 0))
     self.conditional = cond_dim > 0
     self.bottom_channels = self.widths[4]
     self.linear = layers.SNDense(4 * 4 * self.bottom_channels, use_sn=use_sn, name="linear")
@@ -171,7 +183,8 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
     res = 4
     for i in range(n_blocks):
       self.blocks.append(GBlock(self.widths[res], self.widths[2 * res], self.conditional,
-                                use_sn, bn_momentum, name=f"block{i}"))
+                                use_sn, bn_momentum, name=f"block{i}",
+                                cbn_sn=False if self.per_layer_embedding else None))
       res *= 2
       block_res.append(res)
       if res == attention_resolution:
@@ -197,7 +210,11 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
     if self.num_classes:
       if y is None:
         raise ValueError("This generator is class-conditional: pass labels y.")
-      emb = self.embed(y, training=training)
+      if self.embed is not None:
+        emb = self.embed(y, training=training)
+      else:  # per-layer tables: each conditional BN maps one-hot (or soft) y itself
+        emb = (tf.one_hot(y, self.num_classes, dtype=z.dtype) if y.dtype.is_integer
+               else tf.cast(y, z.dtype))
     h = tf.reshape(self.linear(z0, training=training), [-1, 4, 4, self.bottom_channels])
     for i, block in enumerate(self.blocks):
       parts = [p for p in (z_blocks[i], emb) if p is not None]
