@@ -30,9 +30,13 @@ BASE = {
     "s3gan.gin": (["gin/quickstart.gin"],
                   ["GAN.terms = [@Adversarial(), @RotationTerm(), @ClassifierTerm()]"]),
     "stylegan2.gin": ([], ["CHANNELS = 1", "NUM_CLASSES = 0", "LR = 0.0025"]),
+    "stylegan2_training.gin": (["gin/digits/stylegan2_digits32.gin"], []),
     "stylegan2_small.gin": ([], ["CHANNELS = 1", "NUM_CLASSES = 0"]),
     "tiny.gin": (["gin/quickstart.gin"], []),
 }
+
+# gin/transfer files follow the source run's config.gin (its networks): a StyleGAN2 one here.
+TRANSFER_SOURCE = ["gin/digits/stylegan2_digits32.gin"]
 
 
 def test_there_are_configs_and_every_base_part_is_known():
@@ -44,6 +48,8 @@ def test_there_are_configs_and_every_base_part_is_known():
 def _parse(path, extra=()):
   """The config shrunk by gin/base/tiny.gin (its classes kept, at most 10)."""
   before, after = BASE.get(os.path.basename(path), ([], [])) if "/base/" in path else ([], [])
+  if "/transfer/" in path:
+    before = TRANSFER_SOURCE
   gin.clear_config()
   config.parse([os.path.join(ROOT, p) for p in before + [path]], USER_MACROS, finalize=False)
   gin.parse_config(conftest.TINY_OVERLAY + list(after) + list(extra))

@@ -244,7 +244,9 @@ class BigGANDiscriminator(layers.BuildOnCall, keras.Model):
 
   `call(x, y=None, training=False, segments=1)` returns `{"logits": [B], "features": [B, C],
   "feature_map": [B, h, w, C]}`; it computes nothing across samples, so `segments` (the
-  number of independent parts of the batch) changes nothing.
+  number of independent parts of the batch) changes nothing. `projection_transpose_sn`:
+  the projection's power iteration with `u` over the classes, as BigGAN-PyTorch (for
+  converted weights; see `layers.SNEmbedding`).
 
   >>> d = BigGANDiscriminator(resolution=32, ch=8, num_classes=10)
   >>> d(tf.zeros([2, 32, 32, 3]), tf.constant([1, -1]))["logits"].shape
@@ -252,14 +254,14 @@ class BigGANDiscriminator(layers.BuildOnCall, keras.Model):
   """
 
   def __init__(self, resolution=128, channels=3, ch=96, num_classes=0,
-               attention_resolution=64, use_sn=True, **kwargs):
+               attention_resolution=64, use_sn=True, projection_transpose_sn=False, **kwargs):
     super().__init__(**kwargs)
     _check_resolution(resolution)
     self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
     self.use_sn = use_sn
     self._config = dict(resolution=resolution, channels=channels, ch=ch,
                         num_classes=num_classes, attention_resolution=attention_resolution,
-                        use_sn=use_sn)
+                        use_sn=use_sn, projection_transpose_sn=projection_transpose_sn)
     outs, downs = D_ARCH[resolution]
     self.blocks, self.attention, block_res = [], {}, []
     res, in_ch = resolution, channels
@@ -275,7 +277,8 @@ class BigGANDiscriminator(layers.BuildOnCall, keras.Model):
     self.block_resolutions = tuple(block_res)  # the input resolution of each block
     self.feature_dim = in_ch
     self.linear = layers.SNDense(1, use_sn=use_sn, name="linear")
-    self.embed = (layers.SNEmbedding(num_classes, in_ch, use_sn=use_sn, name="projection")
+    self.embed = (layers.SNEmbedding(num_classes, in_ch, use_sn=use_sn, name="projection",
+                                     transpose_sn=projection_transpose_sn)
                   if num_classes else None)
 
   def project(self, features, y, training=False):

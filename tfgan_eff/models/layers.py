@@ -59,6 +59,7 @@ class SpectralNormMixin:
   """
 
   sigma_frozen = False
+  sn_transpose = False  # power iteration on the transposed kernel matrix: u over its rows
 
   def freeze_sigma(self):
     """Stops the power iteration: σ is then a constant of the (frozen) kernel and `u`."""
@@ -74,6 +75,8 @@ class SpectralNormMixin:
     if not self.use_sn:
       return w
     w_mat = tf.reshape(tf.cast(w, tf.float32), [-1, w.shape[-1]])  # [fan_in, out]
+    if self.sn_transpose:
+      w_mat = tf.transpose(w_mat)
     u = tf.cast(self.sn_u, tf.float32)
     v = _normalize(tf.linalg.matvec(w_mat, u))          # [fan_in]
     u_new = _normalize(tf.linalg.matvec(w_mat, v, transpose_a=True))  # [out]
@@ -186,19 +189,24 @@ class SNEmbedding(SpectralNormMixin, keras.layers.Layer):
 
   `call(y)` accepts int labels [B] (rows with -1 give zeros) or a float distribution
   [B, num_classes] (soft labels), and returns [B, dim].
+
+  `transpose_sn=True` runs the power iteration on the transposed table, `u` [num_classes]
+  over the classes, as BigGAN-PyTorch's `SNEmbedding` (`u` [dim] otherwise). σ converges to
+  the same value; the one-step estimate, hence W/σ for a given `u`, differs.
   """
 
   def __init__(self, num_classes, dim, use_sn=True, kernel_initializer="orthogonal",
-               **kwargs):
+               transpose_sn=False, **kwargs):
     super().__init__(**kwargs)
     self.num_classes, self.dim, self.use_sn = num_classes, dim, use_sn
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.sn_transpose = bool(transpose_sn)
 
   def build(self, input_shape=None):
     self.kernel = self.add_weight(name="kernel", shape=(self.num_classes, self.dim),
                                   initializer=self.kernel_initializer)
     if self.use_sn:
-      self._build_sn(self.dim)
+      self._build_sn(self.num_classes if self.sn_transpose else self.dim)
 
   def call(self, y, training=False):
     table = self.sn_kernel(training)
@@ -208,7 +216,7 @@ class SNEmbedding(SpectralNormMixin, keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "num_classes": self.num_classes, "dim": self.dim,
-            "use_sn": self.use_sn,
+            "use_sn": self.use_sn, "transpose_sn": self.sn_transpose,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
 
 

@@ -31,8 +31,11 @@ resolution from `resolution` down to 8: conv 3x3 (lrelu), conv 3x3 with FIR down
 (lrelu), plus a 1x1 FIR-down-sampled linear shortcut without bias, both branches scaled by
 1/sqrt 2. The last block's output [B, 4, 4, C] is `feature_map` (InsGen's tap). Epilogue:
 minibatch std, conv 3x3, dense (lrelu) -> `features` [B, C], dense -> logits.
-Projection conditioning (instead of ADA's mapped-label cmap): a table [num_classes, C],
-logits += <table[y], features> / sqrt(C).
+Conditioning: projection (default), a table [num_classes, C], logits += <table[y],
+features> / sqrt(C); or `conditioning="cmap"`, the reference's: a label mapping network
+(embedding + `mapping_layers` dense layers, lr 0.01) gives cmap [B, cmap_dim], the output
+layer has cmap_dim units and logits = <out(features), cmap> / sqrt(cmap_dim) (no
+unconditional term; what converted stylegan2-ada networks use).
 
 Departures from stylegan2-ada-pytorch (each deliberate):
 * Style mixing draws the decision (prob `style_mixing_prob`) and the crossover layer
@@ -82,11 +85,18 @@ def _block_resolutions(resolution):
 # ---------------------------------------------------------------------------------------
 
 class MappingNetwork(keras.layers.Layer):
-  """z [B, z_dim] (+ labels) -> ws [B, num_ws, w_dim], tracking the average w."""
+  """z [B, z_dim] (+ labels) -> ws [B, num_ws, w_dim], tracking the average w.
+
+  `num_ws=None` returns w [B, w_dim]; `w_avg_beta=None` keeps no average; `z_dim=0` maps
+  labels alone (pass z=None): the discriminator's label mapping ("cmap").
+  """
 
   def __init__(self, z_dim, w_dim, num_ws, num_classes=0, num_layers=8,
                lr_multiplier=0.01, w_avg_beta=0.995, **kwargs):
     super().__init__(**kwargs)
+    if not z_dim and not num_classes:
+      raise ValueError("MappingNetwork needs latents (z_dim > 0), labels (num_classes > 0) "
+                       "or both.")
     self.z_dim, self.w_dim, self.num_ws = z_dim, w_dim, num_ws
     self.num_classes, self.num_layers = num_classes, num_layers
     self.lr_multiplier, self.w_avg_beta = lr_multiplier, w_avg_beta
@@ -98,19 +108,24 @@ class MappingNetwork(keras.layers.Layer):
 
   def build(self, input_shape=None):
     L.build_layers(self.embed, *self.fcs)
-    self.w_avg = self.add_weight(name="w_avg", shape=(self.w_dim,), initializer="zeros",
-                                 trainable=False, aggregation="only_first_replica",
-                                 autocast=False)  # stays float32 under mixed precision
+    self.w_avg = (self.add_weight(name="w_avg", shape=(self.w_dim,), initializer="zeros",
+                                  trainable=False, aggregation="only_first_replica",
+                                  autocast=False)  # stays float32 under mixed precision
+                  if self.w_avg_beta is not None else None)
 
   def call(self, z, y=None, training=False, truncation=1.0, update_w_avg=True):
-    x = L.normalize_2nd_moment(z)
+    parts = [L.normalize_2nd_moment(z)] if self.z_dim else []
     if self.num_classes:
       if y is None:
-        raise ValueError("This generator is class-conditional: pass labels y.")
-      c = L.labels_to_distribution(y, self.num_classes, x.dtype)
-      x = tf.concat([x, L.normalize_2nd_moment(self.embed(c))], axis=-1)
+        raise ValueError(f"'{self.name}' is class-conditional: pass labels y.")
+      dtype = parts[0].dtype if parts else self.compute_dtype
+      c = L.labels_to_distribution(y, self.num_classes, dtype)
+      parts.append(L.normalize_2nd_moment(self.embed(c)))
+    x = tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
     for fc in self.fcs:
       x = fc(x)
+    if self.num_ws is None:
+      return x
     if training and update_w_avg and self.w_avg_beta is not None:
       self._update_w_avg(x)
     # broadcast_to, not tile, throughout: Tile's gradient does not compile with XLA inside
@@ -133,9 +148,10 @@ class MappingNetwork(keras.layers.Layer):
 class SynthesisLayer(keras.layers.Layer):
   """affine(w) -> modulated conv (optionally 2x up) -> noise -> bias, lrelu * sqrt 2."""
 
-  def __init__(self, filters, in_channels, w_dim, resolution, up=False, **kwargs):
+  def __init__(self, filters, in_channels, w_dim, resolution, up=False, conv_clamp=None,
+               **kwargs):
     super().__init__(**kwargs)
-    self.filters = filters
+    self.filters, self.conv_clamp = filters, conv_clamp
     self.affine = L.EqualizedDense(in_channels, w_dim, bias_init=1.0, name="affine")
     self.conv = L.ModulatedConv2D(filters, in_channels, 3, demodulate=True, up=up,
                                   name="conv")
@@ -148,15 +164,15 @@ class SynthesisLayer(keras.layers.Layer):
   def call(self, x, w, noise_mode="random", rng=None):
     x = self.conv(x, self.affine(w))
     x = self.noise(x, noise_mode=noise_mode, rng=rng)
-    return L.bias_act(x, self.bias, "lrelu")
+    return L.bias_act(x, self.bias, "lrelu", clamp=self.conv_clamp)
 
 
 class ToRGB(keras.layers.Layer):
   """affine(w) -> 1x1 modulated conv without demodulation -> bias (linear)."""
 
-  def __init__(self, channels, in_channels, w_dim, **kwargs):
+  def __init__(self, channels, in_channels, w_dim, conv_clamp=None, **kwargs):
     super().__init__(**kwargs)
-    self.channels = channels
+    self.channels, self.conv_clamp = channels, conv_clamp
     self.affine = L.EqualizedDense(in_channels, w_dim, bias_init=1.0, name="affine")
     self.conv = L.ModulatedConv2D(channels, in_channels, 1, demodulate=False, name="conv")
 
@@ -165,21 +181,22 @@ class ToRGB(keras.layers.Layer):
     self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
 
   def call(self, x, w):
-    return L.bias_act(self.conv(x, self.affine(w)), self.bias)
+    return L.bias_act(self.conv(x, self.affine(w)), self.bias, clamp=self.conv_clamp)
 
 
 class SynthesisBlock(keras.layers.Layer):
   """One resolution of the synthesis network (the 4x4 one starts from a learned const)."""
 
   def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, is_last,
-               architecture="skip", **kwargs):
+               architecture="skip", conv_clamp=None, **kwargs):
     super().__init__(**kwargs)
     self.in_channels, self.out_channels = in_channels, out_channels
     self.resolution, self.architecture = resolution, architecture
     self.conv0 = (SynthesisLayer(out_channels, in_channels, w_dim, resolution, up=True,
-                                 name="conv0") if in_channels else None)
-    self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution, name="conv1")
-    self.torgb = (ToRGB(img_channels, out_channels, w_dim, name="torgb")
+                                 conv_clamp=conv_clamp, name="conv0") if in_channels else None)
+    self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution,
+                                conv_clamp=conv_clamp, name="conv1")
+    self.torgb = (ToRGB(img_channels, out_channels, w_dim, conv_clamp=conv_clamp, name="torgb")
                   if is_last or architecture == "skip" else None)
     self.num_conv = 2 if in_channels else 1
 
@@ -244,6 +261,8 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
     architecture: "skip" (toRGB at every resolution, summed) or "orig" (toRGB at the end).
     widths: {resolution: channels} overriding `channels_at` for the blocks at those
       resolutions (e.g. AdaFM's `high_level = 'new_small'`); `self.widths` holds them all.
+    conv_clamp: clip every synthesis layer's output to +-conv_clamp (the reference's guard
+      for fp16, applied in fp32 too; 256 in its configs); None: no clipping.
 
   `call(z, y=None, training=False, truncation=1.0, rng=None, noise_mode="random")` returns
   images [B, H, W, C] in roughly [-1, 1]. `rng` (a SampleRNG) drives noise inputs and style
@@ -259,7 +278,7 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
   def __init__(self, resolution=256, channels=3, z_dim=512, w_dim=512, num_classes=0,
                mapping_layers=8, mapping_lr_multiplier=0.01, fmap_base=16384, fmap_max=512,
                fmap_decay=1.0, style_mixing_prob=0.9, w_avg_beta=0.995, architecture="skip",
-               widths=None, style_mixing="per_batch", **kwargs):
+               widths=None, style_mixing="per_batch", conv_clamp=None, **kwargs):
     super().__init__(**kwargs)
     check_resolution(resolution)
     if architecture not in ("skip", "orig"):
@@ -279,7 +298,7 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
                         fmap_max=fmap_max, fmap_decay=fmap_decay,
                         style_mixing_prob=style_mixing_prob, w_avg_beta=w_avg_beta,
                         architecture=architecture, widths=dict(widths or {}),
-                        style_mixing=style_mixing)
+                        style_mixing=style_mixing, conv_clamp=conv_clamp)
     res_list = _block_resolutions(resolution)
     self.channels_dict = with_widths(
         {r: channels_at(r, fmap_base, fmap_max, fmap_decay) for r in res_list}, widths,
@@ -290,7 +309,7 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
       in_ch = self.channels_dict[r // 2] if r > 4 else 0
       self.blocks.append(SynthesisBlock(in_ch, self.channels_dict[r], w_dim, r, channels,
                                         is_last=r == resolution, architecture=architecture,
-                                        name=f"b{r}"))
+                                        conv_clamp=conv_clamp, name=f"b{r}"))
     self.num_ws = sum(b.num_conv for b in self.blocks) + 1
     self.mapping_network = MappingNetwork(z_dim, w_dim, self.num_ws, num_classes,
                                           mapping_layers, mapping_lr_multiplier, w_avg_beta,
@@ -386,17 +405,19 @@ class DiscriminatorBlock(keras.layers.Layer):
   """(fromRGB) -> conv 3x3 -> conv 3x3 down, with a 1x1 down shortcut ("resnet")."""
 
   def __init__(self, in_channels, tmp_channels, out_channels, img_channels,
-               architecture="resnet", **kwargs):
+               architecture="resnet", conv_clamp=None, **kwargs):
     super().__init__(**kwargs)
     self.architecture = architecture
     self.fromrgb = (L.EqualizedConv2D(tmp_channels, img_channels, 1, activation="lrelu",
-                                      name="fromrgb") if not in_channels else None)
+                                      conv_clamp=conv_clamp, name="fromrgb")
+                    if not in_channels else None)
     resnet = architecture == "resnet"
     gain = np.sqrt(0.5) if resnet else 1.0
     self.conv0 = L.EqualizedConv2D(tmp_channels, tmp_channels, 3, activation="lrelu",
-                                   name="conv0")
+                                   conv_clamp=conv_clamp, name="conv0")
     self.conv1 = L.EqualizedConv2D(out_channels, tmp_channels, 3, down=True,
-                                   activation="lrelu", gain=gain, name="conv1")
+                                   activation="lrelu", gain=gain, conv_clamp=conv_clamp,
+                                   name="conv1")
     self.skip = (L.EqualizedConv2D(out_channels, tmp_channels, 1, down=True, use_bias=False,
                                    gain=gain, name="skip") if resnet else None)
 
@@ -423,6 +444,10 @@ class StyleGAN2Discriminator(keras.Model):
     mbstd_group_size, mbstd_num_features: minibatch-std group size (reduced to a divisor of
       the batch when needed) and number of appended channels (0 disables the layer).
     architecture: "resnet" or "orig" (no shortcut).
+    conditioning: "projection" or "cmap" (see the module docstring); cmap_dim (default: the
+      4 px width), mapping_layers and mapping_lr_multiplier shape the cmap label mapping.
+    conv_clamp: clip every convolution's output to +-conv_clamp (times its gain), as the
+      reference (256 in its configs); None: no clipping.
 
   `call(x, y=None, training=False, segments=1)` returns {"logits": [B], "features": [B, C],
   "feature_map": [B, 4, 4, C]}; `segments`: x is that many equal, independent parts (the
@@ -437,18 +462,26 @@ class StyleGAN2Discriminator(keras.Model):
 
   def __init__(self, resolution=256, channels=3, num_classes=0, fmap_base=16384,
                fmap_max=512, mbstd_group_size=4, mbstd_num_features=1,
-               architecture="resnet", fmap_decay=1.0, **kwargs):
+               architecture="resnet", fmap_decay=1.0, conditioning="projection",
+               cmap_dim=None, mapping_layers=8, mapping_lr_multiplier=0.01, conv_clamp=None,
+               **kwargs):
     super().__init__(**kwargs)
     check_resolution(resolution)
     if architecture not in ("resnet", "orig"):
       raise ValueError(f"StyleGAN2Discriminator architecture must be 'resnet' or 'orig', "
                        f"got '{architecture}'.")
+    if conditioning not in ("projection", "cmap"):
+      raise ValueError(f"StyleGAN2Discriminator.conditioning must be 'projection' or 'cmap', "
+                       f"got '{conditioning}'.")
     self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
+    self.conditioning = conditioning
     self._config = dict(resolution=resolution, channels=channels, num_classes=num_classes,
                         fmap_base=fmap_base, fmap_max=fmap_max,
                         mbstd_group_size=mbstd_group_size,
                         mbstd_num_features=mbstd_num_features, architecture=architecture,
-                        fmap_decay=fmap_decay)
+                        fmap_decay=fmap_decay, conditioning=conditioning, cmap_dim=cmap_dim,
+                        mapping_layers=mapping_layers,
+                        mapping_lr_multiplier=mapping_lr_multiplier, conv_clamp=conv_clamp)
     ch = {r: channels_at(r, fmap_base, fmap_max, fmap_decay)
           for r in _block_resolutions(resolution)}
     self.channels_dict = ch
@@ -456,23 +489,34 @@ class StyleGAN2Discriminator(keras.Model):
                                    if r > 4)  # the input resolution of each block
     self.blocks = [
         DiscriminatorBlock(ch[r] if r < resolution else 0, ch[r], ch[r // 2], channels,
-                           architecture, name=f"b{r}")
+                           architecture, conv_clamp=conv_clamp, name=f"b{r}")
         for r in self.block_resolutions]
     c4 = ch[4]
     self.feature_dim = c4
     self.mbstd = (L.MinibatchStd(mbstd_group_size, mbstd_num_features, name="mbstd")
                   if mbstd_num_features else None)
     self.conv = L.EqualizedConv2D(c4, c4 + mbstd_num_features, 3, activation="lrelu",
-                                  name="b4_conv")
+                                  conv_clamp=conv_clamp, name="b4_conv")
     self.fc = L.EqualizedDense(c4, c4 * 16, activation="lrelu", name="b4_fc")
-    self.out = L.EqualizedDense(1, c4, name="b4_out")
-    self.embed = L.LabelEmbedding(num_classes, c4, name="projection") if num_classes else None
+    cmap = conditioning == "cmap" and num_classes
+    self.cmap_dim = (cmap_dim or c4) if cmap else 0
+    self.out = L.EqualizedDense(self.cmap_dim or 1, c4, name="b4_out")
+    self.embed = (L.LabelEmbedding(num_classes, c4, name="projection")
+                  if num_classes and not cmap else None)
+    self.mapping = (MappingNetwork(0, self.cmap_dim, None, num_classes, mapping_layers,
+                                   mapping_lr_multiplier, None, name="mapping")
+                    if cmap else None)
 
   def build(self, input_shape=None):
-    L.build_layers(*self.blocks, self.conv, self.fc, self.out, self.embed)
+    L.build_layers(*self.blocks, self.conv, self.fc, self.out, self.embed, self.mapping)
 
   def project(self, features, y):
     """<table[y], features> / sqrt(C): int y [B] (-1 -> 0) or soft y [B, num_classes]."""
+    if self.mapping is not None:
+      raise ValueError("project() needs projection conditioning; this discriminator uses "
+                       "conditioning='cmap', whose logit has no unconditional part to add "
+                       "a projection to (set StyleGAN2Discriminator.conditioning = "
+                       "'projection').")
     if self.embed is None:
       raise ValueError("project() needs a conditional discriminator (num_classes > 0).")
     e = tf.cast(self.embed(y), features.dtype)
@@ -488,6 +532,14 @@ class StyleGAN2Discriminator(keras.Model):
     h = self.conv(h)
     features = self.fc(tf.reshape(h, [-1, 16 * self.feature_dim]))
     features = tf.cast(features, tf.float32)  # float32 outputs under mixed precision too
+    if self.mapping is not None:  # cmap: the logit is the label-mapped projection only
+      if y is None:
+        raise ValueError("This discriminator (conditioning='cmap') needs labels y.")
+      cmap = tf.cast(self.mapping(None, y), tf.float32)
+      out = tf.cast(self.out(features), tf.float32)
+      logits = tf.reduce_sum(out * cmap, axis=-1) * (1.0 / math.sqrt(self.cmap_dim))
+      return {"logits": logits, "features": features,
+              "feature_map": tf.cast(fmap, tf.float32)}
     logits = tf.cast(tf.squeeze(self.out(features), -1), tf.float32)
     if y is not None and self.num_classes:
       logits = logits + self.project(features, y)
@@ -497,7 +549,7 @@ class StyleGAN2Discriminator(keras.Model):
   def transfer_layout(self):
     """Blocks b<resolution> ... b8 (input first), the output layer and the projection as
     heads (see `tfgan_eff.models.layout`)."""
-    projection = (self.embed.name,) if self.embed is not None else ()
+    projection = tuple(m.name for m in (self.embed, self.mapping) if m is not None)
     return TransferLayout(
         layers=tuple(self.layers), names=BlockNames("b", descending=True),
         blocks=tuple(Block(b.name, r) for b, r in zip(self.blocks, self.block_resolutions)),

@@ -113,8 +113,9 @@ def downsample2d(x, f, factor=2, gain=1.0):
 # Small functions
 # ---------------------------------------------------------------------------------------
 
-def bias_act(x, b=None, activation="linear", gain=1.0):
-  """x + b (broadcast over the last axis), then the activation, times its gain * `gain`."""
+def bias_act(x, b=None, activation="linear", gain=1.0, clamp=None):
+  """x + b (broadcast over the last axis), then the activation, times its gain * `gain`,
+  then clipped to [-clamp, clamp] (`clamp=None`: not clipped)."""
   if b is not None:
     x = x + tf.cast(b, x.dtype)
   if activation == "lrelu":
@@ -122,7 +123,8 @@ def bias_act(x, b=None, activation="linear", gain=1.0):
   elif activation != "linear":
     raise ValueError(f"Unknown activation '{activation}': use 'linear' or 'lrelu'.")
   g = ACTIVATION_GAINS[activation] * gain
-  return x * tf.cast(g, x.dtype) if g != 1.0 else x
+  x = x * tf.cast(g, x.dtype) if g != 1.0 else x
+  return tf.clip_by_value(x, -clamp, clamp) if clamp is not None else x
 
 
 def normalize_2nd_moment(x, axis=-1, eps=1e-8):
@@ -214,16 +216,19 @@ class EqualizedConv2D(_ConvKernelLayer):
 
   With `down=True`: a k x k kernel (k > 1) filters with [1,3,3,1] (pad 2, 2 for k = 3) and
   then convolves with stride 2 ('valid'); a 1x1 kernel down-samples first, then convolves.
-  Output: act(conv(x, W / sqrt(in * k * k)) + b) * act_gain * gain.
+  Output: act(conv(x, W / sqrt(in * k * k)) + b) * act_gain * gain, clipped to
+  +-(conv_clamp * gain) when `conv_clamp` is set (the reference's fp16 guard).
 
   >>> EqualizedConv2D(8, 4, 3, down=True)(tf.zeros([2, 16, 16, 4])).shape
   TensorShape([2, 8, 8, 8])
   """
 
   def __init__(self, filters, in_channels, kernel_size=3, down=False, use_bias=True,
-               activation="linear", gain=1.0, resample_filter=(1, 3, 3, 1), **kwargs):
+               activation="linear", gain=1.0, resample_filter=(1, 3, 3, 1), conv_clamp=None,
+               **kwargs):
     super().__init__(filters, in_channels, kernel_size, resample_filter, **kwargs)
     self.down, self.use_bias, self.activation, self.gain = down, use_bias, activation, gain
+    self.conv_clamp = conv_clamp
 
   def build(self, input_shape=None):
     super().build(input_shape)
@@ -242,11 +247,12 @@ class EqualizedConv2D(_ConvKernelLayer):
       p = k // 2
       x = filter2d(x, self._f, padding=(p + (fw - 1) // 2, p + (fw - 2) // 2))
       y = tf.nn.conv2d(x, w, strides=2, padding="VALID")
-    return bias_act(y, self.bias if self.use_bias else None, self.activation, self.gain)
+    clamp = self.conv_clamp * self.gain if self.conv_clamp is not None else None
+    return bias_act(y, self.bias if self.use_bias else None, self.activation, self.gain, clamp)
 
   def get_config(self):
     return {**super().get_config(), "down": self.down, "use_bias": self.use_bias,
-            "activation": self.activation, "gain": self.gain}
+            "activation": self.activation, "gain": self.gain, "conv_clamp": self.conv_clamp}
 
 
 # ---------------------------------------------------------------------------------------

@@ -75,7 +75,9 @@ class GAN(tf.Module):
     ema_rampup: with `ema_kimg`, caps the half-life at `ema_rampup` × images seen so far
       (StyleGAN2-ADA: 0.05; None: no ramp-up).
     warm_start: a callable `f(gan)` run after the networks are built and before the
-      optimizers are (e.g. `@AdaFMTransfer()`: load a source model, freeze, wrap layers).
+      optimizers are (e.g. `@AdaFMTransfer()`: load a source model, freeze, wrap layers;
+      `@RunWarmStart()`: fine-tune a run). G_ema then starts as a copy of G, unless the
+      warm start has a true attribute `loads_g_ema`.
     seed: seeds all per-step randomness (latents, labels, augmentation).
   """
 
@@ -230,8 +232,9 @@ class GAN(tf.Module):
     for network in ("g", "d"):
       for opt, variables, _ in self._optimizers(network):
         opt.build(variables)
-    for e, w in zip(self.G_ema.weights, self.G.weights):
-      e.assign(w)
+    if not getattr(self.warm_start, "loads_g_ema", False):  # else the warm start's G_ema
+      for e, w in zip(self.G_ema.weights, self.G.weights):
+        e.assign(w)
     self.built = True
 
   def checkpoint_items(self):

@@ -24,6 +24,7 @@ List this library's names (and check a round trip) with `export_npz(gan, path)`.
 
 import os
 
+import gin
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -168,6 +169,43 @@ class NpzImporter:
     for var, value in plan:
       var.assign(value)
     logging.info("NpzImporter: loaded %d tensors from %s.", len(plan), self.path)
+
+
+@configurable
+class RunWarmStart:
+  """Fine-tuning: G, G_ema and D start from a run of this library (any checkpoint of it,
+  e.g. a published network bin/convert wrote), then train on the configured data.
+
+      GAN.warm_start = @RunWarmStart()
+      RunWarmStart.model_dir = "runs/ffhq"      # a model_dir, checkpoint folder or prefix
+
+  Args:
+    model_dir: the source run (its latest checkpoint), a checkpoint folder or a prefix.
+    items: which networks to load; G_ema left out starts as a copy of G.
+
+  The configured networks must have the source's architecture (the run's config.gin lists
+  it); every tensor is checked by name and shape before any is assigned. Optimizer state,
+  the step and augmentation state start fresh.
+  """
+
+  def __init__(self, model_dir=gin.REQUIRED, items=ITEMS):
+    bad = [i for i in items if i not in ITEMS]
+    if bad or not items:
+      raise ValueError(f"RunWarmStart.items must be some of {list(ITEMS)}, got {list(items)}.")
+    self.model_dir, self.items = model_dir, tuple(items)
+    self.loads_g_ema = "G_ema" in self.items
+
+  def __call__(self, gan):
+    src = CheckpointSource(self.model_dir)
+    models = {"G": gan.G, "G_ema": gan.G_ema, "D": gan.D}
+    plan = []
+    for item in self.items:
+      for path, var in checkpoints.variables_by_path(models[item]).items():
+        plan.append((var, check(src, item, path, var, f"{item}/{path}")))
+    for var, value in plan:
+      var.assign(value)
+    logging.info("RunWarmStart: loaded %s (%d tensors) from %s.", ", ".join(self.items),
+                 len(plan), src.path)
 
 
 def check(source, item, path, var, target_name):
