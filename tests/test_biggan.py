@@ -130,6 +130,65 @@ def test_cross_replica_batch_norm_matches_global_statistics():
   np.testing.assert_allclose(y2, y, atol=1e-5)
 
 
+def _kernels(model):
+  """{path: kernel} of every conv, linear and embedding layer of a BigGAN G or D."""
+  kinds = (layers.SNConv2D, layers.SNDense, layers.SNEmbedding)
+  return {l.path: l.kernel.numpy() for l in layers.sublayers(model) if isinstance(l, kinds)}
+
+
+def _biggan_pair(**kw):
+  g = BigGANGenerator(resolution=32, ch=16, z_dim=64, num_classes=10, shared_dim=16,
+                      attention_resolution=16, name="g", **kw)
+  d = BigGANDiscriminator(resolution=32, ch=16, num_classes=10, attention_resolution=16,
+                          name="d", **kw)
+  y = tf.constant([1, 2])
+  d(g(tf.zeros([2, g.z_dim]), y), y)
+  return g, d
+
+
+def test_init_n02_as_biggan_pytorch_and_orthogonal_by_default():
+  """init="N02" (BigGAN-PyTorch --G_init/--D_init N02): every conv, linear and embedding
+  kernel ~ N(0, 0.02), the shared embedding, conditional BN maps and attention included."""
+  g, d = _biggan_pair(init="N02")
+  kernels = {**_kernels(g), **_kernels(d)}
+  # G: shared, linear, 3 x (3 convs + 4 BN maps), 4 attention convs, conv_out; D: 10 block
+  # convs, 4 attention convs, linear, projection.
+  assert len(_kernels(g)) == 28 and len(_kernels(d)) == 16
+  big = {p: w for p, w in kernels.items() if w.size >= 1000}
+  assert len(big) >= 20
+  for path, w in big.items():
+    assert abs(w.std() / 0.02 - 1) < 0.1 and abs(w.mean()) < 0.002, path
+  for w in kernels.values():
+    assert np.abs(w).max() < 0.02 * 6
+  np.testing.assert_array_compare(np.not_equal, *[
+      kernels[f"g/attention1/{n}"] for n in ("theta", "phi")])  # own seeds
+  g2, d2 = _biggan_pair()  # the default: orthogonal
+  assert g2.get_config()["init"] == d2.get_config()["init"] == "ortho"
+  for path, w in {**_kernels(g2), **_kernels(d2)}.items():
+    w = w.reshape(-1, w.shape[-1])
+    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    np.testing.assert_allclose(gram, np.eye(len(gram)), atol=1e-4, err_msg=path)
+  for model in (g, d):  # get_config round trip: the copy is N(0, 0.02) again
+    config = model.get_config()
+    assert config["init"] == "N02"
+    copy = type(model).from_config(config)
+    assert copy.get_config() == config
+    if model is g:
+      copy(tf.zeros([2, g.z_dim]), tf.constant([0, 1]))
+    else:
+      copy(tf.zeros([2, 32, 32, 3]), tf.constant([0, 1]))
+    conv = _kernels(copy)[f"{copy.name}/block1/conv1"]
+    assert abs(conv.std() / 0.02 - 1) < 0.1
+  # Per-layer class embeddings (G_shared=False): the tables are N(0, 0.02) too.
+  g3 = BigGANGenerator(resolution=32, ch=16, z_dim=16, num_classes=10, shared_dim=0,
+                       hierarchical_z=False, attention_resolution=0, init="N02", name="g3")
+  g3(tf.zeros([2, 16]), tf.constant([1, 2]))
+  gain = _kernels(g3)["g3/block0/bn1/gain"]
+  assert gain.shape == (10, 64) and abs(gain.std() / 0.02 - 1) < 0.1
+  with pytest.raises(ValueError, match="unknown init 'normal'; use one of ortho, N02"):
+    BigGANDiscriminator(resolution=32, ch=2, init="normal")
+
+
 def _shapes(layer):
   return [(w.path.split("/", 1)[-1], tuple(w.shape)) for w in layer.weights]
 

@@ -170,6 +170,67 @@ def test_ema_by_half_life_and_ramp_up():
   np.testing.assert_allclose(gan.ema_decay_at(1), 0.5 ** (32 / 10_000), rtol=1e-6)
 
 
+# ------------------------------------------------------------------ separate lazy steps
+
+def _two_phase_gan(terms, separate=None):
+  """A tiny unconditional StyleGAN2 GAN, built, with Adam at beta_1 = 0 (as StyleGAN2)."""
+  from tfgan_eff.objectives.adversarial import Adversarial
+  from tfgan_eff.training.optimizers import adam
+  gan = GAN(generator=functools.partial(StyleGAN2Generator, **TINY_G, channels=1,
+                                        style_mixing_prob=0.0),
+            discriminator=functools.partial(StyleGAN2Discriminator, resolution=16, channels=1,
+                                            fmap_base=128, fmap_max=8),
+            terms=[Adversarial(loss="non_saturating"), *terms],
+            g_optimizer=adam(0.01, 0.0, 0.99), d_optimizer=adam(0.01, 0.0, 0.99), seed=3)
+  gan.build(8, (16, 16, 1))
+  return gan
+
+
+def test_separate_regularization_steps_are_the_reference_phases():
+  """R1 and path length with `separate_step`: on a due step, the ordinary update and then an
+  optimizer step on the penalty alone, at the updated weights, with the step's reals and
+  latents; i.e. exactly two updates: the main loss without the penalty, then the penalty
+  alone (here made by swapping the terms of an identical GAN between two calls)."""
+  batch = {"images": tf.random.stateless_uniform([8, 16, 16, 1], [4, 5], -1.0, 1.0),
+           "labels": tf.zeros([8], tf.int32), "true_labels": tf.zeros([8], tf.int32)}
+  step, zero = tf.constant(0, tf.int64), tf.constant(0, tf.int64)
+  r1 = dict(gamma=10.0, interval=4)
+  pl = dict(weight=2.0, interval=4, batch_shrink=2)
+  sep = _two_phase_gan([R1Penalty(**r1, separate_step=True),
+                        PathLengthPenalty(**pl, separate_step=True)])
+  m = sep.d_step(batch, step, zero)
+  sep.g_step(batch, step)
+  assert float(m["r1_penalty"]) > 0 and float(m["d_reg_loss"]) > 0
+  assert int(sep.d_optimizer.iterations) == 2 and int(sep.g_optimizer.iterations) == 2
+
+  ref = _two_phase_gan([])  # same seed: same initial weights
+  for a, b in zip(_weights(ref.D) + _weights(ref.G), _weights(sep.D) + _weights(sep.G)):
+    assert a.shape == b.shape
+  adversarial = ref.terms[0]
+  ref.d_step(batch, step, zero)                     # Dmain
+  ref.terms = [R1Penalty(**r1)]                     # Dreg: the penalty alone, folded
+  ref.terms[0].build(None)
+  ref.d_step(batch, step, zero)
+  ref.terms = [adversarial]
+  ref.g_step(batch, step)                           # Gmain
+  pen = PathLengthPenalty(**pl)
+  pen.pl_mean = sep.terms[2].pl_mean.__class__(0.0, trainable=False)
+  ref.terms = [pen]                                 # Greg
+  ref.g_step(batch, step)
+  for name, a, b in zip([w.path for w in sep.D.weights + sep.G.weights],
+                        _weights(ref.D) + _weights(ref.G), _weights(sep.D) + _weights(sep.G)):
+    if name.endswith("w_avg"):  # the simulated Greg call's own G pass moved it once more
+      continue
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(float(pen.pl_mean), float(sep.terms[2].pl_mean), rtol=1e-6)
+
+  # Not due (D step 1, G step 1): the ordinary step only, the penalties not computed.
+  m = sep.d_step(batch, tf.constant(1, tf.int64), zero)
+  sep.g_step(batch, tf.constant(1, tf.int64))
+  assert float(m["r1_penalty"]) == 0.0
+  assert int(sep.d_optimizer.iterations) == 3 and int(sep.g_optimizer.iterations) == 3
+
+
 # ------------------------------------------------------------------ Trainer, 2 replicas
 
 # The StyleGAN2 quickstart shrunk by gin/base/tiny.gin to 16x16, R1 every step, plain Adam.
@@ -182,11 +243,18 @@ WITH_PL = ["GAN.terms = [@Adversarial(), @R1Penalty(), @PathLengthPenalty()]",
            "PathLengthPenalty.interval = 1"]
 
 
+SEPARATE = ["GAN.terms = [@Adversarial(), @R1Penalty(), @PathLengthPenalty()]",
+            "R1Penalty.interval = 2", "R1Penalty.separate_step = True",
+            "PathLengthPenalty.interval = 2", "PathLengthPenalty.separate_step = True"]
+
+
 @pytest.mark.parametrize("extra", [
-    [], pytest.param(WITH_PL, marks=pytest.mark.slow, id="path_length")])
+    [], pytest.param(WITH_PL, marks=pytest.mark.slow, id="path_length"),
+    pytest.param(SEPARATE, marks=pytest.mark.slow, id="separate_reg_steps")])
 def test_stylegan2_one_vs_two_replicas_give_the_same_weights(tiny_gin, tmp_path, extra):
   """Noise inputs, style mixing, minibatch std, w_avg, R1 (and pl_mean) do not depend on
-  the replica count (~40 s; with path-length regularization ~55 s, marked slow)."""
+  the replica count (~40 s; with path-length regularization ~55 s, marked slow; with the
+  separate lazy-regularization steps, due at step 0, likewise)."""
   tiny_gin(*LINEAR_ADAM, *SG2_TINY, *extra)
   t1 = Trainer(model_dir=str(tmp_path / "one"), strategy=_one_device(), train_steps=1)
   before = _weights(t1.gan.G)

@@ -30,3 +30,15 @@ def adopt_help(tool):
     started.__doc__ = module.__doc__
   for flag in flags.FLAGS.get_key_flags_for_module(tool):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def define_standing_stats_flag(tool):
+  """--standing_stats of the tools that sample a run's checkpoint (eval, sample, export;
+  `tool`: the module's __name__); they pass it to `training.runs.load_gan`."""
+  flags.DEFINE_integer(
+      "standing_stats", 0, "Standing statistics: before sampling, re-estimate the EMA "
+      "generator's batch-norm statistics as the mean over this many training-mode batches "
+      "of 64 fresh (z, labels) (BigGAN-PyTorch's --accumulate_stats "
+      "--num_standing_accumulations); 0: off, the moving averages of training. The run's "
+      "checkpoints are not changed; generators without batch norm (StyleGAN2) are not "
+      "affected.", lower_bound=0, module_name=tool)

@@ -4,11 +4,15 @@
       --inception_path=/path/to/inception-2015-12-05.tgz
   bin/eval --model_dir=runs/quickstart --feature_extractor=digits   # toy runs, offline
   bin/eval --model_dir=runs/quickstart --saved_model=runs/quickstart/export  # an export
+  bin/eval --model_dir=runs/biggan --standing_stats=16   # BigGAN: standing BN statistics
 
 The real statistics come from the run's own data configuration and are cached on disk.
 With --num_runs > 1 the metrics are repeated with fresh samples and reported as mean ± std.
 `--feature_extractor=digits` uses a small digits classifier: its numbers are NOT comparable
-with published FIDs.
+with published FIDs. `--standing_stats=N` (N > 0) first replaces the EMA generator's
+batch-norm moving statistics by their mean over N training-mode batches of 64 at the
+sampling truncation (BigGAN-PyTorch's standing statistics; not written back to the run);
+the result JSON records N.
 """
 
 import json
@@ -16,6 +20,7 @@ import os
 
 from absl import flags, logging
 
+from tfgan_eff import cli
 from tfgan_eff.cli import entry
 
 flags.DEFINE_string("model_dir", None, "Run directory written by bin/train.", required=True)
@@ -34,6 +39,7 @@ flags.DEFINE_float("truncation_psi", 1.0, "Sampling truncation: 1.0 none, 0.0 th
                    short_name="truncation")
 flags.DEFINE_string("output", None, "Write the results as JSON here "
                     "(default: <model_dir>/eval-<step>.json).")
+cli.define_standing_stats_flag(__name__)
 FLAGS = flags.FLAGS
 
 
@@ -44,12 +50,17 @@ def main(argv):
   from tfgan_eff.io import atomic_write  # pylint: disable=import-outside-toplevel
   from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.INFO)
+  standing_stats = runs.check_standing_stats(FLAGS.standing_stats)
+  if FLAGS.saved_model and standing_stats:
+    raise ValueError("--standing_stats applies to a run's checkpoint; a SavedModel keeps the "
+                     "statistics it was exported with (bin/export --standing_stats=N).")
   if FLAGS.saved_model:
     runs.parse_run_config(FLAGS.model_dir)
     from tfgan_eff.export import sampler  # pylint: disable=import-outside-toplevel
     generate, step = sampler(FLAGS.saved_model, FLAGS.truncation_psi), None
   else:
-    gan, step = runs.load_gan(FLAGS.model_dir)
+    gan, step = runs.load_gan(FLAGS.model_dir, standing_stats=standing_stats,
+                              truncation=FLAGS.truncation_psi)
     generate = lambda n, seed: runs.generate_uint8(  # noqa: E731
         gan, n, 100, seed, FLAGS.truncation_psi)
   data = ImageData()  # the run's own data configuration (parsed from its config.gin)
@@ -63,6 +74,7 @@ def main(argv):
   results = {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (str, bool))
                  else v) for k, v in results.items()}
   results["step"] = step
+  results["standing_stats"] = standing_stats
   if FLAGS.saved_model:
     results["saved_model"] = os.path.abspath(FLAGS.saved_model)
   out = FLAGS.output or os.path.join(

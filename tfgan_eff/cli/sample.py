@@ -3,10 +3,16 @@
   bin/sample --saved_model=runs/quickstart/export --output=grid.png --num=64
   bin/sample --model_dir=runs/quickstart --truncation_psi=0.5 --labels=3
   bin/sample --saved_model=runs/quickstart_stylegan2/export --noise_mode=random
+  bin/sample --model_dir=runs/biggan --standing_stats=16
+
+`--standing_stats=N` (N > 0, with --model_dir) first replaces the EMA generator's batch-norm
+moving statistics by their mean over N training-mode batches of 64 at the sampling
+truncation (BigGAN-PyTorch's standing statistics; not written back to the run).
 """
 
 from absl import app, flags, logging
 
+from tfgan_eff import cli
 from tfgan_eff.cli import entry
 
 flags.DEFINE_string("saved_model", None, "A SavedModel written by bin/export.")
@@ -21,6 +27,7 @@ flags.DEFINE_enum("noise_mode", "const", ["const", "random", "none"],
 flags.DEFINE_integer("labels", None, "A class for every sample (default: cycle over "
                      "classes).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
+cli.define_standing_stats_flag(__name__)
 FLAGS = flags.FLAGS
 
 
@@ -31,6 +38,11 @@ def main(argv):
   from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
   if bool(FLAGS.saved_model) == bool(FLAGS.model_dir):
     raise app.UsageError("Pass exactly one of --saved_model or --model_dir.")
+  standing_stats = runs.check_standing_stats(FLAGS.standing_stats)
+  if FLAGS.saved_model and standing_stats:
+    raise app.UsageError("--standing_stats needs --model_dir (a run's checkpoint); a "
+                         "SavedModel keeps the statistics it was exported with "
+                         "(bin/export --standing_stats=N).")
   if FLAGS.saved_model:
     m = tf.saved_model.load(FLAGS.saved_model)
     z_dim, k = int(m.z_dim), int(m.num_classes)
@@ -39,7 +51,8 @@ def main(argv):
     gen = lambda z, y, t: m.generate(z, y, t, **noise)
   else:
     from tfgan_eff.export import has_noise  # pylint: disable=import-outside-toplevel
-    gan, _ = runs.load_gan(FLAGS.model_dir)
+    gan, _ = runs.load_gan(FLAGS.model_dir, standing_stats=standing_stats,
+                           truncation=FLAGS.truncation_psi)
     z_dim, k = gan.G.z_dim, gan.num_classes
     g = gan.G_ema
     noise = {"noise_mode": FLAGS.noise_mode} if has_noise(g) else {}

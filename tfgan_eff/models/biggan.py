@@ -11,8 +11,9 @@ Channel layouts follow the published BigGAN models (multiples of `ch`):
 
 Choices (see docs/architecture.md): nearest-neighbour up-sampling in G blocks (BigGAN-PyTorch;
 compare_gan inserts zeros), conditional BN gain `1 + W·c`, cross-replica batch statistics,
-orthogonal init everywhere, spectral norm in G and D, sum pooling and projection in D, the
-first D block without pre-activation ReLU (inputs are in [-1, 1]).
+orthogonal init everywhere by default (`init`: BigGAN-PyTorch's `--G_init`/`--D_init`),
+spectral norm in G and D, sum pooling and projection in D, the first D block without
+pre-activation ReLU (inputs are in [-1, 1]).
 """
 
 import keras
@@ -36,6 +37,25 @@ D_ARCH = {  # (out multipliers, downsample flags)
     128: ([1, 2, 4, 8, 16, 16], [True, True, True, True, True, False]),
     256: ([1, 2, 4, 8, 8, 16, 16], [True, True, True, True, True, True, False]),
 }
+
+
+# `init` of G and D -> the initializer of every conv, linear and embedding kernel, as
+# BigGAN-PyTorch's `init_weights` (`--G_init`, `--D_init`); batch-norm parameters and the
+# attention gate keep their own (1/0 and 0).
+INITS = {
+    "ortho": "orthogonal",
+    "N02": {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 0.02}},
+    "glorot": "glorot_uniform",
+    "xavier": "glorot_uniform",
+}
+
+
+def kernel_initializer(init, model):
+  """The kernel initializer spec of `init` (a key of `INITS`); `model` names the caller."""
+  if init not in INITS:
+    raise ValueError(f"{model}: unknown init '{init}'; use one of {', '.join(INITS)} "
+                     f"(BigGAN-PyTorch's --G_init/--D_init).")
+  return INITS[init]
 
 
 def _check_resolution(resolution):
@@ -62,19 +82,22 @@ class GBlock(layers.BuildOnCall, keras.layers.Layer):
   """BN -> ReLU -> up -> conv3 -> BN -> ReLU -> conv3, plus up -> conv1 shortcut."""
 
   def __init__(self, in_ch, out_ch, conditional, use_sn=True, bn_momentum=0.9, cbn_sn=None,
-               **kwargs):
+               kernel_initializer="orthogonal", **kwargs):
     super().__init__(**kwargs)
     cbn_sn = use_sn if cbn_sn is None else cbn_sn
+    init = dict(kernel_initializer=kernel_initializer)
     if conditional:
-      self.bn1 = layers.ConditionalBatchNorm(in_ch, bn_momentum, use_sn=cbn_sn, name="bn1")
-      self.bn2 = layers.ConditionalBatchNorm(out_ch, bn_momentum, use_sn=cbn_sn, name="bn2")
+      self.bn1 = layers.ConditionalBatchNorm(in_ch, bn_momentum, use_sn=cbn_sn, name="bn1",
+                                             **init)
+      self.bn2 = layers.ConditionalBatchNorm(out_ch, bn_momentum, use_sn=cbn_sn, name="bn2",
+                                             **init)
     else:
       self.bn1 = layers.CrossReplicaBatchNorm(bn_momentum, name="bn1")
       self.bn2 = layers.CrossReplicaBatchNorm(bn_momentum, name="bn2")
     self.conditional = conditional
-    self.conv1 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv1")
-    self.conv2 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv2")
-    self.conv_sc = layers.SNConv2D(out_ch, 1, use_sn=use_sn, name="conv_sc")
+    self.conv1 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv1", **init)
+    self.conv2 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv2", **init)
+    self.conv_sc = layers.SNConv2D(out_ch, 1, use_sn=use_sn, name="conv_sc", **init)
 
   def _bn(self, bn, x, cond, training):
     return bn(x, cond, training=training) if self.conditional else bn(x, training=training)
@@ -90,13 +113,15 @@ class GBlock(layers.BuildOnCall, keras.layers.Layer):
 class DBlock(layers.BuildOnCall, keras.layers.Layer):
   """(ReLU) -> conv3 -> ReLU -> conv3 -> (avg-pool), plus a 1x1 shortcut when needed."""
 
-  def __init__(self, in_ch, out_ch, downsample, preactivation, use_sn=True, **kwargs):
+  def __init__(self, in_ch, out_ch, downsample, preactivation, use_sn=True,
+               kernel_initializer="orthogonal", **kwargs):
     super().__init__(**kwargs)
     self.downsample, self.preactivation = downsample, preactivation
-    self.conv1 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv1")
-    self.conv2 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv2")
+    init = dict(kernel_initializer=kernel_initializer)
+    self.conv1 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv1", **init)
+    self.conv2 = layers.SNConv2D(out_ch, 3, use_sn=use_sn, name="conv2", **init)
     self.learnable_sc = in_ch != out_ch or downsample
-    self.conv_sc = (layers.SNConv2D(out_ch, 1, use_sn=use_sn, name="conv_sc")
+    self.conv_sc = (layers.SNConv2D(out_ch, 1, use_sn=use_sn, name="conv_sc", **init)
                     if self.learnable_sc else None)
 
   def call(self, x, training=False):
@@ -137,6 +162,10 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
       features at that resolution: 4 is the input layer's, any other the output of the
       block that makes it (e.g. a narrower high-level part: AdaFM's `high_level =
       'new_small'`). `self.widths` holds every resolution's width.
+    init: the initializer of every conv, linear and embedding kernel (the shared class
+      embedding, the conditional BN maps and attention included), as BigGAN-PyTorch's
+      `--G_init`: "ortho" (orthogonal, its default), "N02" (normal, std 0.02; its CIFAR
+      scripts), "glorot" or "xavier" (Glorot uniform).
 
   >>> g = BigGANGenerator(resolution=32, ch=8, num_classes=10)
   >>> g(tf.zeros([2, g.z_dim]), tf.constant([1, 2])).shape
@@ -145,11 +174,12 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
 
   def __init__(self, resolution=128, channels=3, ch=96, z_dim=120, num_classes=0,
                shared_dim=128, hierarchical_z=True, attention_resolution=64,
-               use_sn=True, bn_momentum=0.9, widths=None, **kwargs):
+               use_sn=True, bn_momentum=0.9, widths=None, init="ortho", **kwargs):
     super().__init__(**kwargs)
     _check_resolution(resolution)
     self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
     self.use_sn = use_sn
+    kw = dict(kernel_initializer=kernel_initializer(init, "BigGANGenerator"))
     ins, outs = G_ARCH[resolution]
     n_blocks = len(ins)
     self.widths = with_widths({4 * 2 ** i: c * ch for i, c in enumerate([ins[0]] + outs)},
@@ -158,7 +188,7 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
                         num_classes=num_classes, shared_dim=shared_dim,
                         hierarchical_z=hierarchical_z,
                         attention_resolution=attention_resolution, use_sn=use_sn,
-                        bn_momentum=bn_momentum, widths=dict(widths or {}))
+                        bn_momentum=bn_momentum, widths=dict(widths or {}), init=init)
     self.hierarchical_z = hierarchical_z
     if hierarchical_z:
       self.chunk = z_dim // (n_blocks + 1)
@@ -172,27 +202,28 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
       raise ValueError("BigGANGenerator: per-layer class embeddings (shared_dim = 0) need "
                        "hierarchical_z = False (as BigGAN-PyTorch's G_shared=False); set both, "
                        "or a shared_dim > 0.")
-    self.embed = (layers.SNEmbedding(num_classes, shared_dim, use_sn=False, name="shared")
+    self.embed = (layers.SNEmbedding(num_classes, shared_dim, use_sn=False, name="shared", **kw)
                   if num_classes and shared_dim else None)
     cond_dim = ((self.chunk if hierarchical_z else 0) +
                 ((shared_dim or num_classes) if num_classes else 0))
     self.conditional = cond_dim > 0
     self.bottom_channels = self.widths[4]
-    self.linear = layers.SNDense(4 * 4 * self.bottom_channels, use_sn=use_sn, name="linear")
+    self.linear = layers.SNDense(4 * 4 * self.bottom_channels, use_sn=use_sn, name="linear",
+                                 **kw)
     self.blocks, self.attention, block_res = [], {}, []
     res = 4
     for i in range(n_blocks):
       self.blocks.append(GBlock(self.widths[res], self.widths[2 * res], self.conditional,
                                 use_sn, bn_momentum, name=f"block{i}",
-                                cbn_sn=False if self.per_layer_embedding else None))
+                                cbn_sn=False if self.per_layer_embedding else None, **kw))
       res *= 2
       block_res.append(res)
       if res == attention_resolution:
-        self.attention[i] = layers.SelfAttention(use_sn, name=f"attention{i}")
+        self.attention[i] = layers.SelfAttention(use_sn, name=f"attention{i}", **kw)
     self.attention_layers = list(self.attention.values())
     self.block_resolutions = tuple(block_res)  # the output resolution of each block
     self.bn_out = layers.CrossReplicaBatchNorm(bn_momentum, name="bn_out")
-    self.conv_out = layers.SNConv2D(channels, 3, use_sn=use_sn, name="conv_out")
+    self.conv_out = layers.SNConv2D(channels, 3, use_sn=use_sn, name="conv_out", **kw)
 
   def call(self, z, y=None, training=False, truncation=1.0, rng=None):
     """z [B, z_dim], y int [B] or float [B, num_classes] -> images [B, H, W, C] in [-1, 1].
@@ -246,7 +277,8 @@ class BigGANDiscriminator(layers.BuildOnCall, keras.Model):
   "feature_map": [B, h, w, C]}`; it computes nothing across samples, so `segments` (the
   number of independent parts of the batch) changes nothing. `projection_transpose_sn`:
   the projection's power iteration with `u` over the classes, as BigGAN-PyTorch (for
-  converted weights; see `layers.SNEmbedding`).
+  converted weights; see `layers.SNEmbedding`). `init`: the initializer of every conv, linear
+  and embedding kernel, as BigGAN-PyTorch's `--D_init` (see `BigGANGenerator`).
 
   >>> d = BigGANDiscriminator(resolution=32, ch=8, num_classes=10)
   >>> d(tf.zeros([2, 32, 32, 3]), tf.constant([1, -1]))["logits"].shape
@@ -254,31 +286,34 @@ class BigGANDiscriminator(layers.BuildOnCall, keras.Model):
   """
 
   def __init__(self, resolution=128, channels=3, ch=96, num_classes=0,
-               attention_resolution=64, use_sn=True, projection_transpose_sn=False, **kwargs):
+               attention_resolution=64, use_sn=True, projection_transpose_sn=False,
+               init="ortho", **kwargs):
     super().__init__(**kwargs)
     _check_resolution(resolution)
     self.resolution, self.channels, self.num_classes = resolution, channels, num_classes
     self.use_sn = use_sn
+    kw = dict(kernel_initializer=kernel_initializer(init, "BigGANDiscriminator"))
     self._config = dict(resolution=resolution, channels=channels, ch=ch,
                         num_classes=num_classes, attention_resolution=attention_resolution,
-                        use_sn=use_sn, projection_transpose_sn=projection_transpose_sn)
+                        use_sn=use_sn, projection_transpose_sn=projection_transpose_sn,
+                        init=init)
     outs, downs = D_ARCH[resolution]
     self.blocks, self.attention, block_res = [], {}, []
     res, in_ch = resolution, channels
     for i, (m, down) in enumerate(zip(outs, downs)):
       self.blocks.append(DBlock(in_ch, m * ch, down, preactivation=i > 0, use_sn=use_sn,
-                                name=f"block{i}"))
+                                name=f"block{i}", **kw))
       block_res.append(res)
       in_ch = m * ch
       res = res // 2 if down else res
       if res == attention_resolution and not self.attention:  # after the first such block
-        self.attention[i] = layers.SelfAttention(use_sn, name=f"attention{i}")
+        self.attention[i] = layers.SelfAttention(use_sn, name=f"attention{i}", **kw)
     self.attention_layers = list(self.attention.values())
     self.block_resolutions = tuple(block_res)  # the input resolution of each block
     self.feature_dim = in_ch
-    self.linear = layers.SNDense(1, use_sn=use_sn, name="linear")
+    self.linear = layers.SNDense(1, use_sn=use_sn, name="linear", **kw)
     self.embed = (layers.SNEmbedding(num_classes, in_ch, use_sn=use_sn, name="projection",
-                                     transpose_sn=projection_transpose_sn)
+                                     transpose_sn=projection_transpose_sn, **kw)
                   if num_classes else None)
 
   def project(self, features, y, training=False):

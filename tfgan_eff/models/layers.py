@@ -45,6 +45,16 @@ def sublayers(layer):
   return found
 
 
+def initializer_spec(initializer):
+  """`initializer` as a string or config dict (an instance is serialized), for a layer that
+  hands it on to several sublayers: each of them then makes an initializer of its own, with
+  a seed of its own (one shared unseeded Keras initializer gives every kernel the same
+  values)."""
+  if isinstance(initializer, (str, dict)):
+    return initializer
+  return keras.initializers.serialize(keras.initializers.get(initializer))
+
+
 def _normalize(v, eps=1e-12):
   return v * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(v)), eps))
 
@@ -294,15 +304,19 @@ class ConditionalBatchNorm(BuildOnCall, keras.layers.Layer):
 
   γ = 1 + W_γ·c and β = W_β·c (spectrally normalized linear maps without bias), as in
   BigGAN (Brock et al. 2019). The `1 +` keeps the initial gain at 1 (compare_gan omits it,
-  its issue #54).
+  its issue #54). `kernel_initializer` initializes W_γ and W_β.
   """
 
-  def __init__(self, channels, momentum=0.9, epsilon=1e-5, use_sn=True, **kwargs):
+  def __init__(self, channels, momentum=0.9, epsilon=1e-5, use_sn=True,
+               kernel_initializer="orthogonal", **kwargs):
     super().__init__(**kwargs)
     self.channels, self.momentum, self.epsilon, self.use_sn = channels, momentum, epsilon, use_sn
+    self.kernel_initializer = initializer_spec(kernel_initializer)
     self.bn = CrossReplicaBatchNorm(momentum, epsilon, center=False, scale=False, name="bn")
-    self.gain = SNDense(channels, use_bias=False, use_sn=use_sn, name="gain")
-    self.offset = SNDense(channels, use_bias=False, use_sn=use_sn, name="offset")
+    self.gain = SNDense(channels, use_bias=False, use_sn=use_sn,
+                        kernel_initializer=self.kernel_initializer, name="gain")
+    self.offset = SNDense(channels, use_bias=False, use_sn=use_sn,
+                          kernel_initializer=self.kernel_initializer, name="offset")
 
   def call(self, x, cond, training=False):
     y = self.bn(x, training=training)
@@ -312,26 +326,29 @@ class ConditionalBatchNorm(BuildOnCall, keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "channels": self.channels, "momentum": self.momentum,
-            "epsilon": self.epsilon, "use_sn": self.use_sn}
+            "epsilon": self.epsilon, "use_sn": self.use_sn,
+            "kernel_initializer": self.kernel_initializer}
 
 
 class SelfAttention(keras.layers.Layer):
   """Non-local self-attention (SAGAN / BigGAN) with a learned gate initialized at 0.
 
   θ and φ project to C/8 channels, g to C/2; φ and g are 2x2 max-pooled.
+  `kernel_initializer` initializes the four 1x1 convs (the gate starts at 0 whatever it is).
   """
 
-  def __init__(self, use_sn=True, **kwargs):
+  def __init__(self, use_sn=True, kernel_initializer="orthogonal", **kwargs):
     super().__init__(**kwargs)
     self.use_sn = use_sn
+    self.kernel_initializer = initializer_spec(kernel_initializer)
 
   def build(self, input_shape):
     c = input_shape[-1]
-    sn = self.use_sn
-    self.theta = SNConv2D(max(c // 8, 1), 1, use_bias=False, use_sn=sn, name="theta")
-    self.phi = SNConv2D(max(c // 8, 1), 1, use_bias=False, use_sn=sn, name="phi")
-    self.g = SNConv2D(max(c // 2, 1), 1, use_bias=False, use_sn=sn, name="g")
-    self.o = SNConv2D(c, 1, use_bias=False, use_sn=sn, name="o")
+    kw = dict(use_bias=False, use_sn=self.use_sn, kernel_initializer=self.kernel_initializer)
+    self.theta = SNConv2D(max(c // 8, 1), 1, name="theta", **kw)
+    self.phi = SNConv2D(max(c // 8, 1), 1, name="phi", **kw)
+    self.g = SNConv2D(max(c // 2, 1), 1, name="g", **kw)
+    self.o = SNConv2D(c, 1, name="o", **kw)
     self.gate = self.add_weight(name="gate", shape=(), initializer="zeros")
 
   def call(self, x, training=False):
@@ -346,7 +363,8 @@ class SelfAttention(keras.layers.Layer):
     return x + self.gate * self.o(o, training=training)
 
   def get_config(self):
-    return {**super().get_config(), "use_sn": self.use_sn}
+    return {**super().get_config(), "use_sn": self.use_sn,
+            "kernel_initializer": self.kernel_initializer}
 
 
 class AdaFM(keras.layers.Layer):

@@ -66,15 +66,23 @@ class R1Penalty(Term):
     wrt: "reals" takes the gradient with respect to the un-augmented reals through the
       augmentation (ADA, DiffAugment's ns_DiffAugment_r1); "augmented" with respect to the
       augmented reals (DiffAugment's ns_r1_DiffAugment).
+    separate_step: with `interval > 1`, the penalty takes an optimizer step of its own
+      after the ordinary D step (stylegan2-ada-pytorch's Dreg phase, on the same reals and
+      augmentation draw, with D as updated by that step) instead of being added to the
+      ordinary step's loss; pair it with `lazy_adam`'s lr and beta factors, as the reference.
   """
 
-  def __init__(self, gamma=10.0, interval=1, wrt="reals", name="r1"):
+  def __init__(self, gamma=10.0, interval=1, wrt="reals", separate_step=False, name="r1"):
     super().__init__(name=name)
     if wrt not in ("reals", "augmented"):
       raise ValueError(f"R1Penalty.wrt must be 'reals' or 'augmented', got '{wrt}'.")
     if interval < 1:
       raise ValueError(f"R1Penalty.interval must be >= 1, got {interval}.")
     self.gamma, self.interval, self.wrt = gamma, interval, wrt
+    self.separate_step = bool(separate_step) and interval > 1
+
+  def regularization_interval(self, network):
+    return self.interval if self.separate_step and network == "d" else 0
 
   def penalty(self, ctx):
     """Per-example ‖∇_x D(x)‖² with the same augmentation draw as the main pass."""
@@ -87,7 +95,7 @@ class R1Penalty(Term):
     grad = tape.gradient(total, x)
     return tf.reduce_sum(tf.square(tf.cast(grad, tf.float32)), axis=[1, 2, 3])
 
-  def d_loss(self, ctx):
+  def _loss(self, ctx):
     def apply():
       return ctx.mean(self.penalty(ctx))
 
@@ -97,3 +105,9 @@ class R1Penalty(Term):
       sq = tf.cond(tf.equal(ctx.d_step % self.interval, 0), apply, lambda: tf.constant(0.0))
     loss = 0.5 * self.gamma * self.interval * sq
     return loss, {"r1_penalty": sq}
+
+  def d_loss(self, ctx):
+    return (tf.constant(0.0), {}) if self.separate_step else self._loss(ctx)
+
+  def d_reg_loss(self, ctx):
+    return self._loss(ctx) if self.separate_step else (tf.constant(0.0), {})

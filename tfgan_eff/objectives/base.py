@@ -36,6 +36,25 @@ class Term(tf.Module):
     """-> (scalar loss for this replica, {name: metric}) in the G step."""
     return tf.constant(0.0), {}
 
+  def regularization_interval(self, network):
+    """Lazy regularization as a separate optimizer step (the reference's Dreg / Greg
+    phases): the interval, in D steps (`network` 'd') or G steps ('g'), at which the GAN
+    takes an extra step of that network's optimizer on this term's `d_reg_loss` /
+    `g_reg_loss` alone, after the ordinary step; 0 (the default): none."""
+    del network
+    return 0
+
+  def d_reg_loss(self, ctx):
+    """-> (scalar loss, {name: metric}) of D's separate regularization step (on the steps
+    `regularization_interval('d')` makes due; computed after the ordinary D update)."""
+    del ctx
+    return tf.constant(0.0), {}
+
+  def g_reg_loss(self, ctx):
+    """-> (scalar loss, {name: metric}) of G's separate regularization step."""
+    del ctx
+    return tf.constant(0.0), {}
+
   def after_d_step(self, ctx):
     """State updates after D's gradients are applied (replica context)."""
     del ctx

@@ -39,7 +39,8 @@ def path_lengths(G, ws, rng):
     tape.watch(ws)
     images = tf.cast(G.synthesis(ws, training=True, rng=rng), tf.float32)
     h, w = images.shape[1], images.shape[2]
-    y = rng.normal(images.shape) / math.sqrt(h * w)
+    b = ws.shape[0] if ws.shape[0] is not None else tf.shape(ws)[0]  # images' may be lost
+    y = rng.normal([b, *images.shape[1:]]) / math.sqrt(h * w)
     out = tf.reduce_sum(images * y)
   grad = tf.cast(tape.gradient(out, ws), tf.float32)
   return tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(grad), axis=2), axis=1))
@@ -56,6 +57,9 @@ class PathLengthPenalty(Term):
     decay: pl_decay of the running mean of the lengths (StyleGAN2: 0.01).
     batch_shrink: the regularization batch is the batch divided by this (StyleGAN2: 2);
       must divide the per-replica batch.
+    separate_step: with `interval > 1`, the penalty takes an optimizer step of its own after
+      the ordinary G step (stylegan2-ada-pytorch's Greg phase) instead of being added to
+      that step's loss; pair it with `lazy_adam`'s factors, as the reference.
 
   Needs a style-based generator (`StyleBasedGenerator`: `mapping`, `style_mix`, `synthesis`;
   StyleGAN2Generator).
@@ -63,7 +67,7 @@ class PathLengthPenalty(Term):
   (mean length; 0 on skipped steps) and `pl_mean` (a).
   """
 
-  def __init__(self, weight=2.0, interval=4, decay=0.01, batch_shrink=2,
+  def __init__(self, weight=2.0, interval=4, decay=0.01, batch_shrink=2, separate_step=False,
                name="path_length"):
     super().__init__(name=name)
     if interval < 1:
@@ -74,7 +78,11 @@ class PathLengthPenalty(Term):
       raise ValueError(f"PathLengthPenalty.decay must be in [0, 1], got {decay}.")
     self.weight, self.interval = float(weight), int(interval)
     self.decay, self.batch_shrink = float(decay), int(batch_shrink)
+    self.separate_step = bool(separate_step) and self.interval > 1
     self.pl_mean = None
+
+  def regularization_interval(self, network):
+    return self.interval if self.separate_step and network == "g" else 0
 
   def build(self, ctx):
     if not isinstance(ctx.G, StyleBasedGenerator):
@@ -107,6 +115,12 @@ class PathLengthPenalty(Term):
     return path_lengths(G, ws, rng)
 
   def g_loss(self, ctx):
+    return (tf.constant(0.0), {}) if self.separate_step else self._loss(ctx)
+
+  def g_reg_loss(self, ctx):
+    return self._loss(ctx) if self.separate_step else (tf.constant(0.0), {})
+
+  def _loss(self, ctx):
     # Checked here, not in build: load_gan builds with a batch of 1 for sampling.
     if ctx.local_batch % self.batch_shrink:
       raise ValueError(

@@ -11,6 +11,8 @@ cross-replica context after the G step. The whole training step reads top to bot
       unlabelled reals: + D.project(features, term.predict_labels(ctx))   # e.g. S3GAN
       loss = Σ term.d_loss(ctx)                 # adversarial, R1, heads' losses ...
       step D (+ term.d_variables()); term.after_d_step; augment.update(d_real logits)
+      due lazy regularization (terms' regularization_interval('d')): an extra D step on
+      Σ term.d_reg_loss(ctx) alone (the reference's Dreg phase; the same for G: Greg)
       metrics: the terms', d_loss, d_grad_norm, augment.metrics()
     G step:
       z, y_fake; real and fake augmentation seeds
@@ -313,6 +315,7 @@ class GAN(tf.Module):
       self.augment.update(ctx.d_real["logits"], ctx.step, ctx.global_batch)
 
     metrics["d_skipped"] = self._update(update, ctx, grads, total, metrics["d_grad_norm"])
+    metrics["d_skipped"] += self._regularization_step("d", ctx, metrics)
     for k, v in self.augment.metrics().items():
       metrics[k] = ctx.scalar(v)
     metrics["d_loss"] = total
@@ -337,38 +340,81 @@ class GAN(tf.Module):
         t.after_g_step(ctx)
 
     metrics["g_skipped"] = self._update(update, ctx, grads, total, metrics["g_grad_norm"])
+    metrics["g_skipped"] += self._regularization_step("g", ctx, metrics)
     metrics["g_loss"] = total
     return metrics
 
-  def _update(self, update, ctx, grads, loss, grad_norm):
+  def _regularization_step(self, network, ctx, metrics):
+    """The separate lazy-regularization step of `network` ('d' or 'g'; the reference's
+    Dreg / Greg phase): on the steps due (D step or G step index % interval == 0), an extra
+    step of the network's optimizer on the terms' `d_reg_loss` / `g_reg_loss` alone, with
+    the same context (reals, latents, augmentation seeds) and the weights the ordinary step
+    just made. Terms compute their loss as 0 on other steps (their own `tf.cond`), and the
+    optimizer step is taken only when due. Adds its metrics (`<network>_reg_loss` and the
+    terms') to `metrics`; -> this replica's share of 1.0 if the update was skipped as
+    non-finite (`skip_nonfinite`), else 0."""
+    intervals = {t.regularization_interval(network) for t in self.terms} - {0}
+    if not intervals:
+      return tf.constant(0.0)
+    if len(intervals) > 1:
+      raise ValueError(f"Loss terms ask for separate {network.upper()} regularization steps "
+                       f"at different intervals {sorted(intervals)}; give them one interval.")
+    counter = ctx.d_step if network == "d" else ctx.step
+    due = tf.equal(tf.cast(counter, tf.int64) % intervals.pop(), 0)
+    method = "d_reg_loss" if network == "d" else "g_reg_loss"
+    variables = self.d_variables() if network == "d" else self.g_variables()
+    with tf.GradientTape() as tape:
+      total, reg_metrics = self._sum_terms(ctx, method)
+    for k, v in reg_metrics.items():
+      if k in metrics:
+        raise ValueError(f"Two loss terms report the metric '{k}'; rename one.")
+      metrics[k] = v
+    grads = [tf.zeros_like(v) if g is None else g
+             for g, v in zip(tape.gradient(total, variables), variables)]
+    norm = _grad_norm(grads)
+
+    def update(ctx, grads):
+      del ctx
+      self._apply_gradients(network, grads, variables)
+
+    metrics[f"{network}_reg_loss"] = total
+    return self._update(update, ctx, grads, total, norm, when=due)
+
+  def _update(self, update, ctx, grads, loss, grad_norm, when=None):
     """Runs `update(ctx, grads)` (the optimizer step and every state update of the step);
     with `skip_nonfinite`, only where the loss and gradients are finite on every replica,
-    and nowhere otherwise. -> this replica's share of 1.0 if the step was skipped, else 0.
+    and nowhere otherwise; with `when` (a boolean every replica agrees on), only when it is
+    true. -> this replica's share of 1.0 if the step was skipped (as non-finite), else 0.
 
     The decision is taken once for all replicas in cross-replica context (`merge_call`), as
     Keras' LossScaleOptimizer does: a `tf.cond` in replica context cannot hold the
     optimizer's own `merge_call`. `update` must read replica values only from its
     arguments (each replica gets its own `ctx` and `grads`).
     """
-    if not self.skip_nonfinite:
+    if not self.skip_nonfinite and when is None:
       update(ctx, grads)
       return tf.constant(0.0)
     replica = tf.distribute.get_replica_context()
-    bad = tf.cast(tf.logical_not(tf.logical_and(tf.math.is_finite(loss),
-                                                tf.math.is_finite(grad_norm))), tf.float32)
-    finite = tf.equal(replica.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+    finite = tf.constant(True)
+    if self.skip_nonfinite:
+      bad = tf.cast(tf.logical_not(tf.logical_and(tf.math.is_finite(loss),
+                                                  tf.math.is_finite(grad_norm))), tf.float32)
+      finite = tf.equal(replica.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+    when = tf.constant(True) if when is None else tf.convert_to_tensor(when)
 
-    def cross_replica(strategy, finite, ctx, grads):
+    def cross_replica(strategy, finite, when, ctx, grads):
       finite = strategy.experimental_local_results(finite)[0]    # equal on every replica
+      when = strategy.experimental_local_results(when)[0]
 
       def apply():
         strategy.extended.call_for_each_replica(update, args=(ctx, grads))
         return tf.constant(True)
 
-      return tf.cond(finite, apply, lambda: tf.constant(False))
+      return tf.cond(tf.logical_and(finite, when), apply, lambda: tf.constant(False))
 
-    applied = replica.merge_call(cross_replica, args=(finite, ctx, grads))
-    return ctx.scalar(1.0 - tf.cast(applied, tf.float32))
+    applied = replica.merge_call(cross_replica, args=(finite, when, ctx, grads))
+    skipped = tf.logical_and(when, tf.logical_not(applied))
+    return ctx.scalar(tf.cast(skipped, tf.float32))
 
   def _label_unlabelled_reals(self, ctx):
     """Projects the unlabelled reals (label -1) on labels a term predicts for them.

@@ -16,11 +16,9 @@ def lazy_adam(learning_rate=0.0025, beta_1=0.0, beta_2=0.99, epsilon=1e-8, reg_i
   """Adam at stylegan2-ada-pytorch's lazy-regularization settings: with c = reg_interval /
   (reg_interval + 1), learning_rate · c and betas β ** c.
 
-  There the regularizer takes an optimizer step of its own every reg_interval steps, which c
-  compensates. This library folds the regularizer into the ordinary step, so its StyleGAN2
-  configs use plain Adam (docs/architecture.md, "StyleGAN2 regularizers"); this optimizer
-  remains for the augmentation study's backbone, whose recorded cells were trained with it.
-  `reg_interval = 1` is plain Adam.
+  There (and here with `R1Penalty.separate_step` / `PathLengthPenalty.separate_step`, as
+  gin/base/stylegan2_training.gin sets) the regularizer takes an optimizer step of its own
+  every reg_interval steps, which c compensates. `reg_interval = 1` is plain Adam.
   """
   if reg_interval < 1:
     raise ValueError(f"lazy_adam.reg_interval must be >= 1, got {reg_interval}.")
