@@ -129,10 +129,8 @@ def generator_config(sd, kwargs=None, hints=None):
   return cfg
 
 
-def generator_tensors(sd, item="G"):
-  """{our path: (reference name, array)} for a reference G state dict."""
-  _check_filters(sd, item)
-  t = Tensors(sd, item)
+def _mapping(t):
+  """A MappingNetwork (G's, or a conditional D's label mapping): embed, fc<i>."""
   if t.has("mapping.embed.weight"):
     t.put("mapping/embed/kernel", "mapping.embed.weight", torch_linear)
     t.put("mapping/embed/bias", "mapping.embed.bias")
@@ -141,6 +139,13 @@ def generator_tensors(sd, item="G"):
     t.put(f"mapping/fc{i}/kernel", f"mapping.fc{i}.weight", torch_linear)
     t.put(f"mapping/fc{i}/bias", f"mapping.fc{i}.bias")
     i += 1
+
+
+def generator_tensors(sd, item="G"):
+  """{our path: (reference name, array)} for a reference G state dict."""
+  _check_filters(sd, item)
+  t = Tensors(sd, item)
+  _mapping(t)
   t.put("mapping/w_avg", "mapping.w_avg")
   for r in _resolutions(sd, "synthesis."):
     b = f"synthesis.b{r}"
@@ -239,14 +244,8 @@ def discriminator_tensors(sd, item="D"):
   t.put("b4_fc/bias", "b4.fc.bias")
   t.put("b4_out/kernel", "b4.out.weight", torch_linear)
   t.put("b4_out/bias", "b4.out.bias")
-  if t.has("mapping.embed.weight"):
-    t.put("mapping/embed/kernel", "mapping.embed.weight", torch_linear)
-    t.put("mapping/embed/bias", "mapping.embed.bias")
-    i = 0
-    while t.has(f"mapping.fc{i}.weight"):
-      t.put(f"mapping/fc{i}/kernel", f"mapping.fc{i}.weight", torch_linear)
-      t.put(f"mapping/fc{i}/bias", f"mapping.fc{i}.bias")
-      i += 1
+  if t.has("mapping.embed.weight"):  # conditional: the label mapping (cmap)
+    _mapping(t)
   return t.done(ignore=lambda k: k.endswith("resample_filter"))
 
 
