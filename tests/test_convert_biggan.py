@@ -7,7 +7,6 @@ outputs and per-stage outputs of sample 0 (NCHW, top-left 8x8). No torch here.
 """
 
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -179,25 +178,24 @@ def test_g_ema_only_initialises_g_too():
 
 
 def test_bin_convert_round_trip(tmp_path):
-  """A weights folder (G.pth / D.pth as .npz here: no torch) -> bin/convert's main -> a run
-  that load_gan restores: its G_ema draws the reference's images, its D the logits."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-
-  from tfgan_eff.cli import convert as cli  # pylint: disable=import-outside-toplevel
+  """State dicts (G. / D. prefixed .npz: no torch) -> what bin/convert runs (reader.convert,
+  write_run) -> a run that load_gan restores: its G_ema draws the reference's images, its D
+  the logits."""
+  from tfgan_eff.cli.convert import parse_hints  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.convert import reader  # pylint: disable=import-outside-toplevel
   from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
   arrays, _ = _fixture(32)
   model_dir = str(tmp_path / "run")
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS([sys.argv[0], f"--source={os.path.join(FIXTURES, 'biggan_32.npz')}",
-               f"--model_dir={model_dir}", "--format=biggan-pytorch"])
-  try:
-    cli.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
+  hints = parse_hints(["SN_eps=1e-12"])
+  assert hints == {"SN_eps": 1e-12}
+  converted = reader.convert(os.path.join(FIXTURES, "biggan_32.npz"), "auto", hints)
+  common.write_run(converted, model_dir)
   gan, step = runs.load_gan(model_dir)
   z, y = tf.constant(arrays["z"]), tf.constant(arrays["y"].astype(np.int32))
   assert step == 0 and np.abs(_nchw(gan.G_ema(z, y)) - arrays["G_images"]).max() < TOL
   logits = gan.D(tf.constant(np.transpose(arrays["G_images"], (0, 2, 3, 1))), y)["logits"]
   np.testing.assert_allclose(logits.numpy(), arrays["D_logits"], rtol=0, atol=TOL)
+  with pytest.raises(ValueError, match="not name=value"):
+    parse_hints(["SN_eps"])
   import gin  # pylint: disable=import-outside-toplevel
   gin.clear_config()

@@ -10,7 +10,7 @@ import conftest
 import numpy as np
 import pytest
 
-from test_stylegan2_training import SG2_TINY, WITH_PL
+from test_stylegan2_training import SEPARATE, SG2_TINY, WITH_PL
 from test_training import LINEAR_ADAM, _one_device, _weights
 from tfgan_eff.training.trainer import Trainer
 
@@ -47,8 +47,9 @@ def test_xla_biggan(tiny_gin, tmp_path, extra):
   _compare(tmp_path)
 
 
-def test_xla_stylegan2_r1_path_length(tiny_gin, tmp_path):
-  tiny_gin(*LINEAR_ADAM, *SG2_TINY, *WITH_PL)
+@pytest.mark.parametrize("extra", [WITH_PL, SEPARATE], ids=["folded", "separate_reg_steps"])
+def test_xla_stylegan2_r1_path_length(tiny_gin, tmp_path, extra):
+  tiny_gin(*LINEAR_ADAM, *SG2_TINY, *extra)
   _compare(tmp_path)
 
 
