@@ -181,12 +181,11 @@ def test_bin_convert_round_trip(tmp_path):
   """State dicts (G. / D. prefixed .npz: no torch) -> what bin/convert runs (reader.convert,
   write_run) -> a run that load_gan restores: its G_ema draws the reference's images, its D
   the logits."""
-  from tfgan_eff.cli.convert import parse_hints  # pylint: disable=import-outside-toplevel
   from tfgan_eff.convert import reader  # pylint: disable=import-outside-toplevel
   from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
   arrays, _ = _fixture(32)
   model_dir = str(tmp_path / "run")
-  hints = parse_hints(["SN_eps=1e-12"])
+  hints = reader.parse_hints(["SN_eps=1e-12"])
   assert hints == {"SN_eps": 1e-12}
   converted = reader.convert(os.path.join(FIXTURES, "biggan_32.npz"), "auto", hints)
   common.write_run(converted, model_dir)
@@ -196,6 +195,6 @@ def test_bin_convert_round_trip(tmp_path):
   logits = gan.D(tf.constant(np.transpose(arrays["G_images"], (0, 2, 3, 1))), y)["logits"]
   np.testing.assert_allclose(logits.numpy(), arrays["D_logits"], rtol=0, atol=TOL)
   with pytest.raises(ValueError, match="not name=value"):
-    parse_hints(["SN_eps"])
+    reader.parse_hints(["SN_eps"])
   import gin  # pylint: disable=import-outside-toplevel
   gin.clear_config()

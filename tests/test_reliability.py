@@ -213,29 +213,6 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_gin, tm
 
 # -- evaluation and resume ------------------------------------------------------------------
 
-def test_an_interrupted_run_evaluates_as_an_uninterrupted_one(tiny_gin, tmp_path):
-  tiny_gin("Trainer.checkpoint_every = 2")
-  ev = _evaluator(tmp_path)
-  Trainer(model_dir=str(tmp_path / "a"), strategy=_one_device(), train_steps=4, eval_every=1,
-          evaluator=ev).train()
-  Trainer(model_dir=str(tmp_path / "b"), strategy=_one_device(), train_steps=2, eval_every=1,
-          evaluator=ev).train()
-  # As if killed after evaluating step 3 but before its checkpoint: a line past ckpt-2.
-  with open(tmp_path / "b" / "eval.jsonl", "a") as f:
-    f.write(json.dumps({"step": 3, "fid": 999.0}) + "\n")
-  Trainer(model_dir=str(tmp_path / "b"), strategy=_one_device(), train_steps=4, eval_every=1,
-          evaluator=ev).train()
-  rows = {}
-  for run in ("a", "b"):
-    with open(tmp_path / run / "eval.jsonl") as f:
-      rows[run] = [json.loads(line) for line in f]
-  assert [r["step"] for r in rows["b"]] == [1, 2, 3, 4]
-  for a, b in zip(rows["a"], rows["b"]):
-    assert a["step"] == b["step"] and a["fid"] == pytest.approx(b["fid"], rel=1e-4)
-  best = [json.load(open(tmp_path / run / "best" / "best.json"))["step"] for run in "ab"]
-  assert best[0] == best[1]
-
-
 # -- settings --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("binding, message", [

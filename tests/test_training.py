@@ -61,19 +61,42 @@ def test_one_vs_two_replicas_give_the_same_weights(tiny_gin, tmp_path, extra):
   assert max(moved) > 1e-3  # the step did change D
 
 
-def test_resume_continues_step_count_and_loss_curve(tiny_gin, tmp_path):
+def test_resume_continues_step_count_loss_curve_and_evaluation(tiny_gin, tmp_path):
+  """A run stopped after step 2 and resumed ends where an uninterrupted run does: same step,
+  weights, evaluation rows and best checkpoint; an eval.jsonl line past the last checkpoint
+  (killed after evaluating step 3, before saving it) is replaced, not kept twice."""
+  from tfgan_eff.eval.evaluator import Evaluator  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.eval.features import DigitsClassifierExtractor  # pylint: disable=import-outside-toplevel
   tiny_gin(*LINEAR_ADAM, "Trainer.checkpoint_every = 2")
-  straight = Trainer(model_dir=str(tmp_path / "a"), strategy=_one_device(), train_steps=4)
+  cache = str(tmp_path / "cache")
+  ev = Evaluator(metrics=("fid",), num_samples=32, cache_dir=cache, batch_size=16,
+                 feature_extractor=DigitsClassifierExtractor(cache_dir=cache, epochs=1))
+
+  def trainer(run, steps):
+    return Trainer(model_dir=str(tmp_path / run), strategy=_one_device(), train_steps=steps,
+                   eval_every=1, evaluator=ev)
+
+  straight = trainer("a", 4)
   straight.train()
-  first = Trainer(model_dir=str(tmp_path / "b"), strategy=_one_device(), train_steps=2)
-  first.train()
-  resumed = Trainer(model_dir=str(tmp_path / "b"), strategy=_one_device(), train_steps=4)
+  trainer("b", 2).train()
+  with open(tmp_path / "b" / "eval.jsonl", "a") as f:
+    f.write(json.dumps({"step": 3, "fid": 999.0}) + "\n")
+  resumed = trainer("b", 4)
   assert resumed.restore() is not None and int(resumed.step.numpy()) == 2
   resumed.train()
   assert int(resumed.step.numpy()) == 4
   for a, b in zip(_weights(straight.gan.G) + _weights(straight.gan.D),
                   _weights(resumed.gan.G) + _weights(resumed.gan.D)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-5)
+  rows = {}
+  for run in ("a", "b"):
+    with open(tmp_path / run / "eval.jsonl") as f:
+      rows[run] = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows["b"]] == [1, 2, 3, 4]
+  for a, b in zip(rows["a"], rows["b"]):
+    assert a["step"] == b["step"] and a["fid"] == pytest.approx(b["fid"], rel=1e-4)
+  best = [json.load(open(tmp_path / run / "best" / "best.json"))["step"] for run in "ab"]
+  assert best[0] == best[1]
   files = os.listdir(tmp_path / "b")
   for f in ("config.gin", "operative_config.gin", "samples.png", "train", "checkpoints"):
     assert f in files

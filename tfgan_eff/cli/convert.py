@@ -10,8 +10,6 @@ it with `AdaFMTransfer.source` (README, "Start from a published model"). Reading
 `.pt` / `.pth` files needs torch: `pip install -e '.[convert]'`; `.npz` state dicts do not.
 """
 
-import ast
-
 from absl import flags, logging
 
 from tfgan_eff.cli import entry
@@ -29,26 +27,12 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing run directory.")
 FLAGS = flags.FLAGS
 
 
-def parse_hints(items):
-  """["name=value", ...] -> {name: Python literal (or the string)}."""
-  out = {}
-  for item in items:
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-      raise ValueError(f"--hint '{item}' is not name=value (e.g. --hint=conv_clamp=256).")
-    try:
-      out[name.strip()] = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-      out[name.strip()] = value.strip()
-  return out
-
-
 def main(argv):
   del argv
   # pylint: disable=import-outside-toplevel
   from tfgan_eff.convert import common, reader
   logging.set_verbosity(logging.INFO)
-  converted = reader.convert(FLAGS.source, FLAGS.format, parse_hints(FLAGS.hint))
+  converted = reader.convert(FLAGS.source, FLAGS.format, reader.parse_hints(FLAGS.hint))
   model_dir, gan = common.write_run(converted, FLAGS.model_dir, overwrite=FLAGS.overwrite)
   n = {k: len(v) for k, v in converted.tensors.items()}
   g = gan.G

@@ -9,6 +9,7 @@ Sources:
 The backbone is recognised from the tensor names (`format="auto"`).
 """
 
+import ast
 import json
 import os
 
@@ -70,6 +71,20 @@ def detect(nets):
     return "biggan-pytorch"
   raise ConversionError(f"Cannot tell which reference code made these tensors (e.g. "
                         f"{sorted(names)[:5]}); pass --format.")
+
+
+def parse_hints(items):
+  """["name=value", ...] -> {name: Python literal (or the string)}."""
+  out = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+      raise ValueError(f"--hint '{item}' is not name=value (e.g. --hint=conv_clamp=256).")
+    try:
+      out[name.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      out[name.strip()] = value.strip()
+  return out
 
 
 def convert(source, fmt="auto", hints=None):
