@@ -11,9 +11,61 @@ Example:
     z = rng.normal([batch, 128])                  # [batch, 128]
     shift = rng.integers([batch, 1], -4, 5)       # per-sample integer in [-4, 4]
     view1, view2 = rng.child(), rng.child()       # independent streams
+
+**The same numbers with and without XLA.** Inside an XLA cluster TF's stateless float ops
+turn Philox bits into floats differently from TF's CPU/GPU kernels (and 'auto_select' even
+picks another generator), so an XLA-compiled step (`Trainer.jit_compile`) would draw other
+latents, noise and augmentations than the plain step from the same seed. Here floats are made
+from Philox's raw 32-bit words (on which both agree) as TF's kernels make them: uniforms from
+the 23 mantissa bits (bit-identical to `tf.random.stateless_uniform`), normals by Box-Muller
+over pairs of words (within 3e-7 of `tf.random.stateless_normal`). Integers use TF's op,
+which XLA already matches.
 """
 
+import math
+
 import tensorflow as tf
+
+ALG = "philox"
+
+
+def _words(n, seed):
+  """n raw Philox words (uint32) of `seed`: equal in plain TF and under XLA."""
+  return tf.random.stateless_uniform([n], seed=seed, minval=None, maxval=None,
+                                     dtype=tf.uint32, alg=ALG)
+
+
+def _unit(words):
+  """uint32 words -> U[0, 1) float32 from their low 23 bits, as TF's kernels do."""
+  mantissa = tf.bitwise.bitwise_or(tf.bitwise.bitwise_and(words, 0x7fffff), 0x3f800000)
+  return tf.bitcast(mantissa, tf.float32) - 1.0
+
+
+def _size(shape):
+  if all(isinstance(d, int) for d in shape):
+    return math.prod(shape)
+  return tf.reduce_prod(tf.stack([tf.cast(d, tf.int32) for d in shape]))
+
+
+def stateless_uniform(shape, seed, minval=0.0, maxval=1.0, dtype=tf.float32):
+  """`tf.random.stateless_uniform` (Philox), the same under XLA."""
+  dtype = tf.as_dtype(dtype)
+  if dtype.is_integer:
+    return tf.random.stateless_uniform(shape, seed=seed, minval=minval, maxval=maxval,
+                                       dtype=dtype, alg=ALG)
+  u = tf.reshape(_unit(_words(_size(shape), seed)), shape)
+  return tf.cast(u * (maxval - minval) + minval, dtype)
+
+
+def stateless_normal(shape, seed, dtype=tf.float32):
+  """`tf.random.stateless_normal` (Philox; to rounding), the same under XLA."""
+  n = _size(shape)
+  words = _words(n + n % 2, seed)
+  u1 = tf.maximum(_unit(words[0::2]), 1.0e-7)
+  theta = (2.0 * math.pi) * _unit(words[1::2])
+  r = tf.sqrt(-2.0 * tf.math.log(u1))
+  z = tf.reshape(tf.stack([tf.sin(theta) * r, tf.cos(theta) * r], axis=-1), [-1])
+  return tf.cast(tf.reshape(z[:n], shape), dtype)
 
 
 class SampleRNG:
@@ -44,7 +96,7 @@ class SampleRNG:
   def next_seed(self):
     """A fresh [2] seed; each call (at trace time) gives another stream."""
     self._count += 1
-    return tf.random.experimental.stateless_fold_in(self.seed, self._count)
+    return tf.random.experimental.stateless_fold_in(self.seed, self._count, alg=ALG)
 
   def child(self):
     """An independent SampleRNG over the same batch layout."""
@@ -59,22 +111,19 @@ class SampleRNG:
 
   def uniform(self, shape, minval=0.0, maxval=1.0, dtype=tf.float32):
     """U[minval, maxval) of `shape`; shape[0] is the local batch."""
-    return self._draw(tf.random.stateless_uniform, shape, minval=minval,
-                      maxval=maxval, dtype=dtype)
+    return self._draw(stateless_uniform, shape, minval=minval, maxval=maxval, dtype=dtype)
 
   def normal(self, shape, dtype=tf.float32):
     """N(0, 1) of `shape`; shape[0] is the local batch."""
-    return self._draw(tf.random.stateless_normal, shape, dtype=dtype)
+    return self._draw(stateless_normal, shape, dtype=dtype)
 
   def batch_uniform(self, minval=0.0, maxval=1.0, dtype=tf.float32):
     """One U[minval, maxval) value for the whole global batch (the same on every replica)."""
-    return tf.random.stateless_uniform([], seed=self.next_seed(), minval=minval,
-                                       maxval=maxval, dtype=dtype)
+    return stateless_uniform([], self.next_seed(), minval, maxval, dtype)
 
   def integers(self, shape, minval, maxval, dtype=tf.int32):
     """Integers uniform in [minval, maxval) of `shape`; shape[0] is the local batch."""
-    return self._draw(tf.random.stateless_uniform, shape, minval=minval,
-                      maxval=maxval, dtype=dtype)
+    return self._draw(stateless_uniform, shape, minval=minval, maxval=maxval, dtype=dtype)
 
 
 def sample_in_batches(generate, n, z_dim, num_classes, batch_size, seed,
