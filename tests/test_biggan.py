@@ -37,7 +37,7 @@ def test_hierarchical_z_rounds_to_chunks():
 
 def test_imagenet128_parameter_counts_match_compare_gan(monkeypatch):
   # Counting needs shapes, not values: skip the orthogonal initializer's 160M-entry QRs.
-  monkeypatch.setattr(keras.initializers.Orthogonal, "__call__",
+  monkeypatch.setattr(layers.Orthogonal, "__call__",
                       lambda self, shape, dtype=None: tf.zeros(shape, dtype or "float32"))
   g = BigGANGenerator(resolution=128, ch=96, z_dim=120, num_classes=1000)
   d = BigGANDiscriminator(resolution=128, ch=96, num_classes=1000)
@@ -144,6 +144,21 @@ def _biggan_pair(**kw):
   y = tf.constant([1, 2])
   d(g(tf.zeros([2, g.z_dim]), y), y)
   return g, d
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 64, 32), (3, 3, 16, 128), (1000, 128), (64, 48),
+                                   (16, 100), (128, 128)])
+def test_fast_orthogonal_equals_keras(shape):
+  """layers.Orthogonal (Cholesky QR on tall kernels, Householder otherwise) gives Keras'
+  orthogonal kernels for the same seed, to round-off, in every orientation."""
+  ours = layers.Orthogonal(seed=3, gain=2.0)(shape).numpy()
+  keras_q = keras.initializers.Orthogonal(seed=3, gain=2.0)(shape).numpy()
+  np.testing.assert_allclose(ours, keras_q, rtol=0, atol=1e-6)
+  flat = ours.reshape(-1, shape[-1]) / 2.0
+  gram = flat.T @ flat if flat.shape[0] >= flat.shape[1] else flat @ flat.T
+  np.testing.assert_allclose(gram, np.eye(len(gram)), rtol=0, atol=2e-6)
+  assert not np.allclose(ours, layers.Orthogonal(seed=4, gain=2.0)(shape))
+  assert keras.initializers.get(layers.ORTHOGONAL).__class__ is layers.Orthogonal
 
 
 def test_init_n02_as_biggan_pytorch_and_orthogonal_by_default():

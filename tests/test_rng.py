@@ -32,9 +32,9 @@ def test_works_inside_tf_function():
 
 def _draws(seed):
   rng = SampleRNG(seed, global_batch=8, offset=4)
-  return [rng.normal([4, 3]), rng.normal([4, 5, 3]), rng.uniform([4, 3]), rng.uniform([4], -2.0, 3.0),
-          rng.integers([4], 0, 100), rng.batch_uniform(), rng.batch_uniform(1, 9, tf.int32),
-          rng.child().normal([4])]
+  return [rng.normal([4, 3]), rng.normal([4, 5, 3]), rng.uniform([4, 3]),
+          rng.uniform([4], -2.0, 3.0), rng.integers([4], 0, 100), rng.batch_uniform(),
+          rng.batch_uniform(1, 9, tf.int32), rng.child().normal([4])]
 
 
 def test_xla_draws_the_same_numbers_as_plain_tf():

@@ -43,7 +43,7 @@ D_ARCH = {  # (out multipliers, downsample flags)
 # BigGAN-PyTorch's `init_weights` (`--G_init`, `--D_init`); batch-norm parameters and the
 # attention gate keep their own (1/0 and 0).
 INITS = {
-    "ortho": "orthogonal",
+    "ortho": layers.ORTHOGONAL,
     "N02": {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 0.02}},
     "glorot": "glorot_uniform",
     "xavier": "glorot_uniform",
@@ -82,7 +82,7 @@ class GBlock(layers.BuildOnCall, keras.layers.Layer):
   """BN -> ReLU -> up -> conv3 -> BN -> ReLU -> conv3, plus up -> conv1 shortcut."""
 
   def __init__(self, in_ch, out_ch, conditional, use_sn=True, bn_momentum=0.9, cbn_sn=None,
-               kernel_initializer="orthogonal", **kwargs):
+               kernel_initializer=layers.ORTHOGONAL, **kwargs):
     super().__init__(**kwargs)
     cbn_sn = use_sn if cbn_sn is None else cbn_sn
     init = dict(kernel_initializer=kernel_initializer)
@@ -114,7 +114,7 @@ class DBlock(layers.BuildOnCall, keras.layers.Layer):
   """(ReLU) -> conv3 -> ReLU -> conv3 -> (avg-pool), plus a 1x1 shortcut when needed."""
 
   def __init__(self, in_ch, out_ch, downsample, preactivation, use_sn=True,
-               kernel_initializer="orthogonal", **kwargs):
+               kernel_initializer=layers.ORTHOGONAL, **kwargs):
     super().__init__(**kwargs)
     self.downsample, self.preactivation = downsample, preactivation
     init = dict(kernel_initializer=kernel_initializer)

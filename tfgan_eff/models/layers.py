@@ -45,6 +45,47 @@ def sublayers(layer):
   return found
 
 
+@keras.saving.register_keras_serializable(package="tfgan_eff")
+class Orthogonal(keras.initializers.Orthogonal):
+  """Keras' orthogonal initializer, ~10x faster on tall matrices: the same Gaussian draw,
+  orthonormalised by Cholesky QR (Q = A R^-1 with R^T R = A^T A) instead of Householder QR.
+
+  With R's diagonal positive both give the QR whose Q Keras returns (Keras flips Q's columns
+  by the signs of R's diagonal), so the kernels equal Keras' to float round-off (tested).
+  Cholesky QR squares A's condition number, so it is used only when the flattened kernel has
+  at least `TALL` times as many rows as columns (a Gaussian matrix is then well conditioned:
+  cond(A) < 3); squarer kernels keep Householder QR. Householder QR runs in TF's
+  single-threaded kernel: 42 of them took 22 of the 24 s that creating BigGAN-128's G took.
+  """
+
+  TALL = 4
+
+  def __call__(self, shape, dtype=None):
+    if len(shape) < 2:
+      return super().__call__(shape, dtype)
+    rows = 1
+    for dim in shape[:-1]:
+      rows *= dim
+    cols = shape[-1]
+    m, n = max(rows, cols), min(rows, cols)
+    a = keras.random.normal((m, n), seed=self.seed, dtype=dtype)
+    q = None
+    if m >= self.TALL * n:
+      chol = tf.linalg.cholesky(tf.matmul(a, a, transpose_a=True))  # R^T
+      if bool(tf.reduce_all(tf.math.is_finite(chol))):
+        r_inv = tf.linalg.triangular_solve(chol, tf.eye(n, dtype=a.dtype), lower=True)
+        q = tf.matmul(a, r_inv, transpose_b=True)
+    if q is None:
+      q, r = tf.linalg.qr(a)
+      q *= tf.sign(tf.linalg.diag_part(r))
+    if rows < cols:
+      q = tf.transpose(q)
+    return self.gain * tf.reshape(q, shape)
+
+
+ORTHOGONAL = "tfgan_eff>Orthogonal"  # the default kernel initializer of BigGAN's layers
+
+
 def initializer_spec(initializer):
   """`initializer` as a string or config dict (an instance is serialized), for a layer that
   hands it on to several sublayers: each of them then makes an initializer of its own, with
@@ -110,7 +151,7 @@ class SNDense(SpectralNormMixin, keras.layers.Layer):
   TensorShape([2, 16])
   """
 
-  def __init__(self, units, use_bias=True, use_sn=True, kernel_initializer="orthogonal",
+  def __init__(self, units, use_bias=True, use_sn=True, kernel_initializer=ORTHOGONAL,
                **kwargs):
     super().__init__(**kwargs)
     self.units, self.use_bias, self.use_sn = units, use_bias, use_sn
@@ -168,7 +209,7 @@ class SNConv2D(KernelTransformMixin, SpectralNormMixin, keras.layers.Layer):
   """
 
   def __init__(self, filters, kernel_size=3, use_bias=True, use_sn=True,
-               kernel_initializer="orthogonal", **kwargs):
+               kernel_initializer=ORTHOGONAL, **kwargs):
     super().__init__(**kwargs)
     self.filters, self.kernel_size = filters, kernel_size
     self.use_bias, self.use_sn = use_bias, use_sn
@@ -205,7 +246,7 @@ class SNEmbedding(SpectralNormMixin, keras.layers.Layer):
   the same value; the one-step estimate, hence W/σ for a given `u`, differs.
   """
 
-  def __init__(self, num_classes, dim, use_sn=True, kernel_initializer="orthogonal",
+  def __init__(self, num_classes, dim, use_sn=True, kernel_initializer=ORTHOGONAL,
                transpose_sn=False, **kwargs):
     super().__init__(**kwargs)
     self.num_classes, self.dim, self.use_sn = num_classes, dim, use_sn
@@ -308,7 +349,7 @@ class ConditionalBatchNorm(BuildOnCall, keras.layers.Layer):
   """
 
   def __init__(self, channels, momentum=0.9, epsilon=1e-5, use_sn=True,
-               kernel_initializer="orthogonal", **kwargs):
+               kernel_initializer=ORTHOGONAL, **kwargs):
     super().__init__(**kwargs)
     self.channels, self.momentum, self.epsilon, self.use_sn = channels, momentum, epsilon, use_sn
     self.kernel_initializer = initializer_spec(kernel_initializer)
@@ -337,7 +378,7 @@ class SelfAttention(keras.layers.Layer):
   `kernel_initializer` initializes the four 1x1 convs (the gate starts at 0 whatever it is).
   """
 
-  def __init__(self, use_sn=True, kernel_initializer="orthogonal", **kwargs):
+  def __init__(self, use_sn=True, kernel_initializer=ORTHOGONAL, **kwargs):
     super().__init__(**kwargs)
     self.use_sn = use_sn
     self.kernel_initializer = initializer_spec(kernel_initializer)
