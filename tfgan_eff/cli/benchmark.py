@@ -59,12 +59,19 @@ def describe():
   gan = GAN()
   g = gan.G
   y = tf.zeros([1], tf.int32) if gan.num_classes else None
-  x = g(tf.zeros([1, g.z_dim]), y)
+  start = time.perf_counter()
+  x = g(tf.zeros([1, g.z_dim]), y)  # creates and initialises G's variables
+  g_seconds = time.perf_counter() - start
+  start = time.perf_counter()
   gan.D(x, y)
+  d_seconds = time.perf_counter() - start
   print(f"config: {' '.join(FLAGS.gin_file)}")
   print(f"G {type(g).__name__}: {count_params(g.trainable_variables):,} parameters "
-        f"({g.resolution}px, {g.channels} channels, z_dim {g.z_dim})")
-  print(f"D {type(gan.D).__name__}: {count_params(gan.D.trainable_variables):,} parameters")
+        f"({g.resolution}px, {g.channels} channels, z_dim {g.z_dim}); built in "
+        f"{g_seconds:.1f} s")
+  print(f"D {type(gan.D).__name__}: {count_params(gan.D.trainable_variables):,} parameters; "
+        f"built in {d_seconds:.1f} s")
+  print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 def _untrained_inception_v3():
