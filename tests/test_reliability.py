@@ -239,6 +239,18 @@ def test_bad_settings_fail_before_the_model_is_built(tiny_gin, tmp_path, monkeyp
   assert not os.path.exists(tmp_path / "run")
 
 
+def test_xla_on_several_cpu_replicas_fails_before_the_model_is_built(tiny_gin, tmp_path,
+                                                                      monkeypatch):
+  """TF's XLA cannot run a replica's compiled step against variables on another logical CPU
+  device (it failed at the first step, after minutes of compiling): one line, up front."""
+  tiny_gin("Trainer.jit_compile = True")
+  monkeypatch.setattr(trainer_lib, "GAN", lambda: pytest.fail("the model was built"))
+  with pytest.raises(ValueError, match=r"jit_compile=True with 2 replicas on CPU devices "
+                                       r"\(CPU:0, CPU:1\).*jit_compile=False"):
+    Trainer(model_dir=str(tmp_path / "run"), strategy=mirrored())
+  assert not os.path.exists(tmp_path / "run")
+
+
 def test_a_model_dir_that_is_a_file_is_rejected(tiny_gin, tmp_path):
   tiny_gin()
   (tmp_path / "f").write_text("x")

@@ -7,7 +7,6 @@ by about 1-3% of one step's update, so the check is relative to the largest chan
 makes to any weight of G, D or G_ema.
 """
 
-import conftest
 import numpy as np
 import pytest
 
@@ -52,8 +51,3 @@ def test_xla_biggan(tiny_gin, tmp_path, extra):
 def test_xla_stylegan2_r1_path_length(tiny_gin, tmp_path, extra):
   tiny_gin(*LINEAR_ADAM, *SG2_TINY, *extra)
   _compare(tmp_path)
-
-
-def test_xla_two_replicas(tiny_gin, tmp_path):
-  tiny_gin(*LINEAR_ADAM)
-  _compare(tmp_path, conftest.mirrored())

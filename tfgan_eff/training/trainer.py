@@ -210,6 +210,15 @@ class Trainer:
     self.eval_every, self.evaluator = eval_every, evaluator
     self.strategy = strategy or make_strategy()
     n = self.strategy.num_replicas_in_sync
+    devices = self.strategy.extended.worker_devices
+    if jit_compile and len(devices) > 1 and all("CPU" in d.upper() for d in devices):
+      names = ", ".join(d.split("device:")[-1] for d in devices)
+      raise ValueError(
+          f"Trainer.jit_compile=True with {len(devices)} replicas on CPU devices "
+          f"({names}) is not supported by TF's XLA: a "
+          f"compiled replica step cannot read the variables of its replica on another CPU "
+          f"device (https://www.tensorflow.org/xla/known_issues). Train on one CPU replica "
+          f"(the default strategy), or set Trainer.jit_compile=False.")
     if batch_size % n:
       raise ValueError(
           f"Trainer.batch_size={batch_size} is not divisible by the {n} replicas; use a "
