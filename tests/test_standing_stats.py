@@ -112,7 +112,7 @@ def test_generator_without_batch_norm_is_left_alone(caplog):
   z = tf.random.stateless_normal([2, 8], seed=[0, 0])
   out = g(z, noise_mode="const").numpy()
   before = _values(g)
-  with caplog.at_level("INFO"):
+  with caplog.at_level("INFO", logger="absl"):
     assert accumulate_standing_stats(g, num_batches=4, batch_size=4) == 0
   assert "no batch-norm layers" in caplog.text
   after = _values(g)
@@ -150,8 +150,10 @@ def tiny_run(tiny_gin, tmp_path):
 def sample_tool():
   """bin/sample's module, imported for one test: its flags are removed afterwards (another
   tool module defines some of the same names)."""
+  import logging  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
   parsed = flags.FLAGS.is_parsed()
+  absl_level = logging.getLogger("absl").level  # parsing --verbosity resets it
   module = importlib.import_module("tfgan_eff.cli.sample")
   yield module
   for flag in flags.FLAGS.get_flags_for_module(module.__name__):
@@ -161,6 +163,7 @@ def sample_tool():
   sys.modules.pop(module.__name__)
   if not parsed:
     flags.FLAGS.unparse_flags()
+  logging.getLogger("absl").setLevel(absl_level)
 
 
 def test_tools_standing_stats_reach_the_generator(tiny_run, sample_tool):

@@ -81,7 +81,7 @@ def test_mnist_classifier_extractor(mnist_extractor, mnist_cache, mnist, caplog)
   # Cached with its accuracy; a second instance loads (and logs) instead of training.
   with open(ex.weights_path[:-len(".weights.h5")] + ".json") as f:
     assert json.load(f)["heldout_accuracy"] == ex.heldout_accuracy
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):  # the library logs through absl
     again = features_lib.MnistClassifierExtractor(MNIST_IMAGES, cache_dir=mnist_cache)
   assert again.sha256 == ex.sha256 and again.heldout_accuracy == ex.heldout_accuracy
   assert any("MNIST classifier" in r.getMessage() and "held-out accuracy 0.9" in r.getMessage()
