@@ -339,3 +339,29 @@ def test_sigterm_saves_the_step_reached_and_the_run_resumes_there(tmp_path):
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"at step {step}." in r.stderr and f"Done: step {step + 1}" in r.stderr
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+def test_start_up_names_the_devices_and_warns_of_gpus_tf_cannot_see(tmp_path, monkeypatch,
+                                                                    caplog):
+  """A GPU machine with a CPU-only TF must not train on the CPU silently."""
+  fake = tmp_path / "nvidia-smi"
+  fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-1234)'\n"
+                  "echo 'GPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-5678)'\n")
+  fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+  monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+  assert len(trainer_lib.nvidia_smi_gpus()) == 2
+  with caplog.at_level("INFO", logger="absl"):
+    found, smi = trainer_lib.log_devices(mirrored())
+  assert found["GPU"] == 0 and len(smi) == 2
+  messages = [r.getMessage() for r in caplog.records]
+  assert any("Devices: 1 CPU, 0 GPU" in m and "MirroredStrategy with 2 replica(s) on CPU:0, "
+             "CPU:1" in m for m in messages)
+  assert any("nvidia-smi lists 2 GPU(s) (GPU 0: NVIDIA A100" in m and "TensorFlow sees none"
+             in m and "pip install -e '.[cuda]'" in m for m in messages)
+  fake.write_text("#!/bin/sh\nexit 9\n")  # a broken driver: no GPUs listed, no warning
+  caplog.clear()
+  with caplog.at_level("INFO", logger="absl"):
+    assert trainer_lib.log_devices(mirrored())[1] == []
+  assert not any("nvidia-smi" in r.getMessage() for r in caplog.records)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -63,6 +64,35 @@ def make_strategy(kind="auto", tpu_address=None):
     return tf.distribute.TPUStrategy(resolver)
   raise ValueError(f"make_strategy.kind must be auto, one_device, mirrored, multi_worker or "
                    f"tpu; got '{kind}'.")
+
+
+def nvidia_smi_gpus():
+  """The GPUs `nvidia-smi -L` lists ([] without nvidia-smi, or if it fails)."""
+  if not shutil.which("nvidia-smi"):
+    return []
+  try:
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+  except (OSError, subprocess.SubprocessError):
+    return []
+  return [line for line in out.stdout.splitlines() if line.startswith("GPU ")]
+
+
+def log_devices(strategy):
+  """Logs the devices TF found and the strategy's replicas; warns when nvidia-smi sees GPUs
+  that TF does not (a CPU-only TF build, or CUDA libraries TF cannot load)."""
+  found = {kind: len(tf.config.list_physical_devices(kind)) for kind in ("CPU", "GPU", "TPU")}
+  logging.info("Devices: %s; TF %s; %s with %d replica(s) on %s.",
+               ", ".join(f"{n} {kind}" for kind, n in found.items()), tf.__version__,
+               type(strategy).__name__, strategy.num_replicas_in_sync,
+               ", ".join(d.split("device:")[-1] for d in strategy.extended.worker_devices))
+  smi = nvidia_smi_gpus() if not found["GPU"] else []
+  if smi:
+    logging.warning(
+        "nvidia-smi lists %d GPU(s) (%s) but TensorFlow sees none: training runs on the CPU. "
+        "Install TensorFlow with its CUDA libraries: pip install -e '.[cuda]' "
+        "(tensorflow[and-cuda]), then check python -c \"import tensorflow as tf; "
+        "print(tf.config.list_physical_devices('GPU'))\".", len(smi), smi[0])
+  return found, smi
 
 
 def _check_int(owner, name, value, minimum, allow_none=False, meaning=""):
@@ -209,6 +239,7 @@ class Trainer:
     self.keep_checkpoints, self.num_samples_grid = keep_checkpoints, num_samples_grid
     self.eval_every, self.evaluator = eval_every, evaluator
     self.strategy = strategy or make_strategy()
+    log_devices(self.strategy)
     n = self.strategy.num_replicas_in_sync
     devices = self.strategy.extended.worker_devices
     if jit_compile and len(devices) > 1 and all("CPU" in d.upper() for d in devices):
