@@ -70,7 +70,7 @@ class Orthogonal(keras.initializers.Orthogonal):
     m, n = max(rows, cols), min(rows, cols)
     a = keras.random.normal((m, n), seed=self.seed, dtype=dtype)
     q = None
-    if m >= self.TALL * n:
+    if m >= self.TALL * n and tf.executing_eagerly():  # (variables initialise eagerly)
       chol = tf.linalg.cholesky(tf.matmul(a, a, transpose_a=True))  # R^T
       if bool(tf.reduce_all(tf.math.is_finite(chol))):
         r_inv = tf.linalg.triangular_solve(chol, tf.eye(n, dtype=a.dtype), lower=True)
