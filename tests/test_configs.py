@@ -27,6 +27,7 @@ BASE = {
     "biggan.gin": ([], ["CHANNELS = 1", "NUM_CLASSES = 10", "G_LR = 2e-4", "D_LR = 2e-4"]),
     "biggan_small.gin": ([], ["CHANNELS = 1", "NUM_CLASSES = 10"]),
     "diffaugment_stylegan2.gin": (["gin/digits/stylegan2_digits32.gin"], []),
+    "mixed_float16.gin": (["gin/digits/stylegan2_digits32.gin"], []),
     "s3gan.gin": (["gin/quickstart.gin"],
                   ["GAN.terms = [@Adversarial(), @RotationTerm(), @ClassifierTerm()]"]),
     "stylegan2.gin": ([], ["CHANNELS = 1", "NUM_CLASSES = 0", "LR = 0.0025"]),

@@ -11,3 +11,4 @@ from tfgan_eff.objectives import instance  # noqa: F401  InstanceDiscrimination 
 from tfgan_eff.models import biggan, stylegan2  # noqa: F401
 from tfgan_eff.training import gan, optimizers, trainer  # noqa: F401
 from tfgan_eff import transfer  # noqa: F401  AdaFMTransfer, AdaFMMonitor, NpzImporter
+from tfgan_eff import precision  # noqa: F401  LossScale

@@ -254,7 +254,7 @@ class BigGANGenerator(layers.BuildOnCall, keras.Model):
       if i in self.attention:
         h = self.attention[i](h, training=training)
     h = tf.nn.relu(self.bn_out(h, training=training))
-    return tf.tanh(self.conv_out(h, training=training))
+    return tf.cast(tf.tanh(self.conv_out(h, training=training)), tf.float32)
 
   def transfer_layout(self):
     """Blocks by output resolution (attention follows its block), the output BN and conv,
@@ -311,9 +311,12 @@ class BigGANDiscriminator(layers.BuildOnCall, keras.Model):
     self.attention_layers = list(self.attention.values())
     self.block_resolutions = tuple(block_res)  # the input resolution of each block
     self.feature_dim = in_ch
-    self.linear = layers.SNDense(1, use_sn=use_sn, name="linear", **kw)
+    # The epilogue (linear output, class projection) computes in float32 whatever the
+    # mixed-precision policy.
+    self.linear = layers.SNDense(1, use_sn=use_sn, name="linear", dtype="float32", **kw)
     self.embed = (layers.SNEmbedding(num_classes, in_ch, use_sn=use_sn, name="projection",
-                                     transpose_sn=projection_transpose_sn, **kw)
+                                     transpose_sn=projection_transpose_sn, dtype="float32",
+                                     **kw)
                   if num_classes else None)
 
   def project(self, features, y, training=False):
@@ -327,7 +330,7 @@ class BigGANDiscriminator(layers.BuildOnCall, keras.Model):
       h = block(h, training=training)
       if i in self.attention:
         h = self.attention[i](h, training=training)
-    fmap = tf.nn.relu(h)
+    fmap = tf.cast(tf.nn.relu(h), tf.float32)  # float32 from here (mixed precision)
     features = tf.reduce_sum(fmap, axis=[1, 2])
     logits = tf.squeeze(self.linear(features, training=training), -1)
     if y is not None and self.num_classes:

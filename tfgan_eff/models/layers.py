@@ -119,23 +119,25 @@ class SpectralNormMixin:
   def _build_sn(self, out_dim):
     self.sn_u = self.add_weight(name="sn_u", shape=(out_dim,), trainable=False,
                                 initializer=keras.initializers.RandomNormal(stddev=1.0),
-                                aggregation="only_first_replica")
+                                aggregation="only_first_replica", autocast=False)
 
   def sn_kernel(self, training):
-    w = self.kernel
+    """W/σ in float32 (the kernel and `u` are never autocast: under a mixed-precision
+    policy callers cast the result to their compute dtype)."""
+    w = tf.convert_to_tensor(self.kernel)
     if not self.use_sn:
       return w
-    w_mat = tf.reshape(tf.cast(w, tf.float32), [-1, w.shape[-1]])  # [fan_in, out]
+    w_mat = tf.reshape(w, [-1, w.shape[-1]])  # [fan_in, out]
     if self.sn_transpose:
       w_mat = tf.transpose(w_mat)
-    u = tf.cast(self.sn_u, tf.float32)
+    u = tf.convert_to_tensor(self.sn_u)
     v = _normalize(tf.linalg.matvec(w_mat, u))          # [fan_in]
     u_new = _normalize(tf.linalg.matvec(w_mat, v, transpose_a=True))  # [out]
     u_new, v = tf.stop_gradient(u_new), tf.stop_gradient(v)
     sigma = tf.tensordot(v, tf.linalg.matvec(w_mat, u_new), 1)
     if training and not self.sigma_frozen:
       self.sn_u.assign(u_new)
-    return w / tf.cast(sigma, w.dtype)
+    return w / sigma
 
   def singular_value(self):
     """The exact largest singular value of the normalized kernel (for tests and logs)."""
@@ -159,14 +161,14 @@ class SNDense(SpectralNormMixin, keras.layers.Layer):
 
   def build(self, input_shape):
     self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
-                                  initializer=self.kernel_initializer)
+                                  initializer=self.kernel_initializer, autocast=False)
     self.bias = (self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
                  if self.use_bias else None)
     if self.use_sn:
       self._build_sn(self.units)
 
   def call(self, x, training=False):
-    y = ops.matmul(x, self.sn_kernel(training))
+    y = ops.matmul(x, tf.cast(self.sn_kernel(training), x.dtype))
     return y + self.bias if self.use_bias else y
 
   def get_config(self):
@@ -218,14 +220,14 @@ class SNConv2D(KernelTransformMixin, SpectralNormMixin, keras.layers.Layer):
   def build(self, input_shape):
     k = self.kernel_size
     self.kernel = self.add_weight(name="kernel", shape=(k, k, input_shape[-1], self.filters),
-                                  initializer=self.kernel_initializer)
+                                  initializer=self.kernel_initializer, autocast=False)
     self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
                  if self.use_bias else None)
     if self.use_sn:
       self._build_sn(self.filters)
 
   def call(self, x, training=False):
-    w = self._transformed(self.sn_kernel(training))
+    w = tf.cast(self._transformed(self.sn_kernel(training)), x.dtype)
     y = tf.nn.conv2d(x, w, strides=1, padding="SAME")
     return y + self.bias if self.use_bias else y
 
@@ -255,12 +257,12 @@ class SNEmbedding(SpectralNormMixin, keras.layers.Layer):
 
   def build(self, input_shape=None):
     self.kernel = self.add_weight(name="kernel", shape=(self.num_classes, self.dim),
-                                  initializer=self.kernel_initializer)
+                                  initializer=self.kernel_initializer, autocast=False)
     if self.use_sn:
       self._build_sn(self.num_classes if self.sn_transpose else self.dim)
 
   def call(self, y, training=False):
-    table = self.sn_kernel(training)
+    table = tf.cast(self.sn_kernel(training), self.compute_dtype)
     if y.dtype.is_integer:
       y = tf.one_hot(y, self.num_classes, dtype=table.dtype)  # -1 -> all zeros
     return ops.matmul(tf.cast(y, table.dtype), table)
@@ -285,14 +287,15 @@ class CrossReplicaBatchNorm(keras.layers.Layer):
 
   def build(self, input_shape):
     c = input_shape[-1]
-    kw = dict(trainable=False, aggregation="only_first_replica")
+    # float32 statistics and affine whatever the compute dtype (never autocast).
+    kw = dict(trainable=False, aggregation="only_first_replica", autocast=False)
     self.moving_mean = self.add_weight(name="moving_mean", shape=(c,), initializer="zeros",
                                        **kw)
     self.moving_variance = self.add_weight(name="moving_variance", shape=(c,),
                                            initializer="ones", **kw)
-    self.gamma = (self.add_weight(name="gamma", shape=(c,), initializer="ones")
+    self.gamma = (self.add_weight(name="gamma", shape=(c,), initializer="ones", autocast=False)
                   if self.scale else None)
-    self.beta = (self.add_weight(name="beta", shape=(c,), initializer="zeros")
+    self.beta = (self.add_weight(name="beta", shape=(c,), initializer="zeros", autocast=False)
                  if self.center else None)
 
   def _global_moments(self, x):

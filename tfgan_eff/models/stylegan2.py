@@ -48,8 +48,14 @@ Departures from stylegan2-ada-pytorch (each deliberate):
 * Biases of lr-multiplied layers are stored bias_init / lr (effective initial value
   bias_init); the official stores bias_init (same for all shipped configs, where
   bias_init = 0 whenever lr != 1).
-* No fp16 / conv_clamp machinery; the modulated convolution is always the non-fused form
-  (scale inputs, shared convolution, scale outputs), which the official uses in training.
+* The modulated convolution is always the non-fused form (scale inputs, shared
+  convolution, scale outputs), which the official uses in training.
+
+Mixed precision (`GAN.mixed_precision`) follows the reference: the `num_fp16_res` highest
+resolutions (blocks at max(2 ** (log2(resolution) + 1 - num_fp16_res), 8) px and above)
+compute in the policy's dtype; the mapping networks, the lower blocks and D's epilogue
+compute in float32, the image is accumulated in float32, and `conv_clamp` (256 in the
+reference whenever fp16 is on) keeps fp16 activations in range.
 """
 
 import math
@@ -58,6 +64,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfgan_eff import precision
 from tfgan_eff.config import configurable
 from tfgan_eff.models import stylegan2_layers as L
 from tfgan_eff.models.layout import Block, BlockNames, TransferLayout, with_widths
@@ -78,6 +85,22 @@ def channels_at(resolution, fmap_base=16384, fmap_max=512, fmap_decay=1.0):
 
 def _block_resolutions(resolution):
   return [2 ** k for k in range(2, int(math.log2(resolution)) + 1)]
+
+
+def mixed_resolution(resolution, num_fp16_res):
+  """The lowest block resolution that computes in the mixed-precision policy's dtype (the
+  reference's `fp16_resolution`); blocks below it, and everything when the policy is
+  float32, compute in float32."""
+  if num_fp16_res < 0:
+    raise ValueError(f"num_fp16_res must be >= 0, got {num_fp16_res}.")
+  return max(2 ** (int(math.log2(resolution)) + 1 - num_fp16_res), 8)
+
+
+def _block_policy(r, resolution, num_fp16_res):
+  """The policy scope a block at resolution `r` is built in: the surrounding one (the
+  GAN's mixed policy) for the `num_fp16_res` highest resolutions, else float32."""
+  return precision.policy_scope(
+      None if r >= mixed_resolution(resolution, num_fp16_res) else "float32")
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,6 +286,9 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
       resolutions (e.g. AdaFM's `high_level = 'new_small'`); `self.widths` holds them all.
     conv_clamp: clip every synthesis layer's output to +-conv_clamp (the reference's guard
       for fp16, applied in fp32 too; 256 in its configs); None: no clipping.
+    num_fp16_res: under a mixed-precision policy (`GAN.mixed_precision`), how many of the
+      highest resolutions compute in its dtype (the reference: 4); the rest, and the
+      mapping network, compute in float32. No effect in float32.
 
   `call(z, y=None, training=False, truncation=1.0, rng=None, noise_mode="random")` returns
   images [B, H, W, C] in roughly [-1, 1]. `rng` (a SampleRNG) drives noise inputs and style
@@ -278,9 +304,11 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
   def __init__(self, resolution=256, channels=3, z_dim=512, w_dim=512, num_classes=0,
                mapping_layers=8, mapping_lr_multiplier=0.01, fmap_base=16384, fmap_max=512,
                fmap_decay=1.0, style_mixing_prob=0.9, w_avg_beta=0.995, architecture="skip",
-               widths=None, style_mixing="per_batch", conv_clamp=None, **kwargs):
+               widths=None, style_mixing="per_batch", conv_clamp=None, num_fp16_res=4,
+               **kwargs):
     super().__init__(**kwargs)
     check_resolution(resolution)
+    mixed_resolution(resolution, num_fp16_res)  # checks it
     if architecture not in ("skip", "orig"):
       raise ValueError(f"StyleGAN2Generator architecture must be 'skip' or 'orig', got "
                        f"'{architecture}'.")
@@ -298,7 +326,8 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
                         fmap_max=fmap_max, fmap_decay=fmap_decay,
                         style_mixing_prob=style_mixing_prob, w_avg_beta=w_avg_beta,
                         architecture=architecture, widths=dict(widths or {}),
-                        style_mixing=style_mixing, conv_clamp=conv_clamp)
+                        style_mixing=style_mixing, conv_clamp=conv_clamp,
+                        num_fp16_res=num_fp16_res)
     res_list = _block_resolutions(resolution)
     self.channels_dict = with_widths(
         {r: channels_at(r, fmap_base, fmap_max, fmap_decay) for r in res_list}, widths,
@@ -307,13 +336,15 @@ class StyleGAN2Generator(keras.Model, StyleBasedGenerator):
     self.blocks = []
     for r in res_list:
       in_ch = self.channels_dict[r // 2] if r > 4 else 0
-      self.blocks.append(SynthesisBlock(in_ch, self.channels_dict[r], w_dim, r, channels,
-                                        is_last=r == resolution, architecture=architecture,
-                                        conv_clamp=conv_clamp, name=f"b{r}"))
+      with _block_policy(r, resolution, num_fp16_res):
+        self.blocks.append(SynthesisBlock(in_ch, self.channels_dict[r], w_dim, r, channels,
+                                          is_last=r == resolution, architecture=architecture,
+                                          conv_clamp=conv_clamp, name=f"b{r}"))
     self.num_ws = sum(b.num_conv for b in self.blocks) + 1
-    self.mapping_network = MappingNetwork(z_dim, w_dim, self.num_ws, num_classes,
-                                          mapping_layers, mapping_lr_multiplier, w_avg_beta,
-                                          name="mapping")
+    with precision.policy_scope("float32"):
+      self.mapping_network = MappingNetwork(z_dim, w_dim, self.num_ws, num_classes,
+                                            mapping_layers, mapping_lr_multiplier, w_avg_beta,
+                                            name="mapping")
 
   def build(self, input_shape=None):
     L.build_layers(self.mapping_network, *self.blocks)
@@ -448,6 +479,9 @@ class StyleGAN2Discriminator(keras.Model):
       4 px width), mapping_layers and mapping_lr_multiplier shape the cmap label mapping.
     conv_clamp: clip every convolution's output to +-conv_clamp (times its gain), as the
       reference (256 in its configs); None: no clipping.
+    num_fp16_res: under a mixed-precision policy, how many of the highest-resolution blocks
+      compute in its dtype (the reference: 4); the rest and the epilogue (minibatch std,
+      4 px conv, fc, output, projection, cmap mapping) compute in float32.
 
   `call(x, y=None, training=False, segments=1)` returns {"logits": [B], "features": [B, C],
   "feature_map": [B, 4, 4, C]}; `segments`: x is that many equal, independent parts (the
@@ -464,9 +498,10 @@ class StyleGAN2Discriminator(keras.Model):
                fmap_max=512, mbstd_group_size=4, mbstd_num_features=1,
                architecture="resnet", fmap_decay=1.0, conditioning="projection",
                cmap_dim=None, mapping_layers=8, mapping_lr_multiplier=0.01, conv_clamp=None,
-               **kwargs):
+               num_fp16_res=4, **kwargs):
     super().__init__(**kwargs)
     check_resolution(resolution)
+    mixed_resolution(resolution, num_fp16_res)  # checks it
     if architecture not in ("resnet", "orig"):
       raise ValueError(f"StyleGAN2Discriminator architecture must be 'resnet' or 'orig', "
                        f"got '{architecture}'.")
@@ -481,17 +516,27 @@ class StyleGAN2Discriminator(keras.Model):
                         mbstd_num_features=mbstd_num_features, architecture=architecture,
                         fmap_decay=fmap_decay, conditioning=conditioning, cmap_dim=cmap_dim,
                         mapping_layers=mapping_layers,
-                        mapping_lr_multiplier=mapping_lr_multiplier, conv_clamp=conv_clamp)
+                        mapping_lr_multiplier=mapping_lr_multiplier, conv_clamp=conv_clamp,
+                        num_fp16_res=num_fp16_res)
     ch = {r: channels_at(r, fmap_base, fmap_max, fmap_decay)
           for r in _block_resolutions(resolution)}
     self.channels_dict = ch
     self.block_resolutions = tuple(r for r in reversed(_block_resolutions(resolution))
                                    if r > 4)  # the input resolution of each block
-    self.blocks = [
-        DiscriminatorBlock(ch[r] if r < resolution else 0, ch[r], ch[r // 2], channels,
-                           architecture, conv_clamp=conv_clamp, name=f"b{r}")
-        for r in self.block_resolutions]
-    c4 = ch[4]
+    self.blocks = []
+    for r in self.block_resolutions:
+      with _block_policy(r, resolution, num_fp16_res):
+        self.blocks.append(DiscriminatorBlock(ch[r] if r < resolution else 0, ch[r],
+                                              ch[r // 2], channels, architecture,
+                                              conv_clamp=conv_clamp, name=f"b{r}"))
+    with precision.policy_scope("float32"):
+      self._build_epilogue(ch[4], num_classes, conditioning, cmap_dim, mbstd_group_size,
+                           mbstd_num_features, mapping_layers, mapping_lr_multiplier,
+                           conv_clamp)
+
+  def _build_epilogue(self, c4, num_classes, conditioning, cmap_dim, mbstd_group_size,
+                      mbstd_num_features, mapping_layers, mapping_lr_multiplier, conv_clamp):
+    """The 4 px epilogue (float32 under mixed precision, as the reference's)."""
     self.feature_dim = c4
     self.mbstd = (L.MinibatchStd(mbstd_group_size, mbstd_num_features, name="mbstd")
                   if mbstd_num_features else None)

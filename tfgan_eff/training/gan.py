@@ -35,6 +35,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from tfgan_eff import precision
 from tfgan_eff.augment.base import Augmenter, Identity
 from tfgan_eff.config import configurable
 from tfgan_eff.objectives.adversarial import Adversarial
@@ -81,21 +82,30 @@ class GAN(tf.Module):
       `@RunWarmStart()`: fine-tune a run). G_ema then starts as a copy of G, unless the
       warm start has a true attribute `loads_g_ema`.
     seed: seeds all per-step randomness (latents, labels, augmentation).
+    mixed_precision: None (float32), 'mixed_bfloat16' or 'mixed_float16' (with dynamic loss
+      scaling): the compute dtype of G and D; see `tfgan_eff.precision` for what stays
+      float32 (losses, penalties, augmentation, EMA, optimizer state, checkpoints).
   """
 
   def __init__(self, generator=gin.REQUIRED, discriminator=gin.REQUIRED, terms=None,
                augment=None, g_optimizer=None, d_optimizer=None, disc_iters=1,
                ema_decay=0.999, ema_start_step=0, ema_kimg=None, ema_rampup=None,
-               warm_start=None, seed=0, name="gan"):
+               warm_start=None, seed=0, mixed_precision=None, name="gan"):
     super().__init__(name=name)
     if disc_iters < 1:
       raise ValueError(f"GAN.disc_iters must be >= 1, got {disc_iters}.")
+    self.mixed_precision = precision.check_policy(mixed_precision)
     keras.utils.set_random_seed(seed)  # initial weights follow the config seed
     self._generator_factory = generator
-    self.G = generator(name="generator")
-    self.G_ema = generator(name="generator_ema")
     self._discriminator_factory = discriminator
-    self.D = discriminator(name="discriminator")
+    with self.precision_scope():
+      self.G = generator(name="generator")
+      self.G_ema = generator(name="generator_ema")
+      self.D = discriminator(name="discriminator")
+    # float16: one dynamic loss scale per network (bfloat16 has float32's range: none).
+    self.loss_scale = ({"d": precision.LossScale(name="d_loss_scale"),
+                        "g": precision.LossScale(name="g_loss_scale")}
+                       if self.mixed_precision == "mixed_float16" else {})
     self.terms = list(terms) if terms is not None else [Adversarial()]
     for t in self.terms:
       if not isinstance(t, Term):
@@ -127,9 +137,16 @@ class GAN(tf.Module):
     self.built = False
 
   # -- set-up ----------------------------------------------------------------------------
+  def precision_scope(self):
+    """The networks' dtype policy (`mixed_precision`): layers created or built inside it
+    compute in its dtype. `build` (warm starts, terms' momentum copies of D) runs inside."""
+    return precision.policy_scope(self.mixed_precision)
+
   def make_discriminator(self, name):
-    """A new, unbuilt discriminator of the same configuration as D (for momentum copies)."""
-    return self._discriminator_factory(name=name)
+    """A new, unbuilt discriminator of the same configuration as D (for momentum copies);
+    build it inside `precision_scope()` (as terms' `build` is)."""
+    with self.precision_scope():
+      return self._discriminator_factory(name=name)
 
   def rebuild_generators(self, **overrides):
     """Replaces G and G_ema by new, built generators of the same configuration with
@@ -138,12 +155,13 @@ class GAN(tf.Module):
     if self.built:
       raise RuntimeError("rebuild_generators must be called before GAN.build ends (from a "
                          "warm_start).")
-    G = self._generator_factory(name="generator", **overrides)
-    G_ema = self._generator_factory(name="generator_ema", **overrides)
-    z = tf.zeros([1, G.z_dim])
-    y = tf.zeros([1], tf.int32) if self.num_classes else None
-    for g in (G, G_ema):
-      g(z, y, training=False)
+    with self.precision_scope():
+      G = self._generator_factory(name="generator", **overrides)
+      G_ema = self._generator_factory(name="generator_ema", **overrides)
+      z = tf.zeros([1, G.z_dim])
+      y = tf.zeros([1], tf.int32) if self.num_classes else None
+      for g in (G, G_ema):
+        g(z, y, training=False)
     self.G, self.G_ema = G, G_ema
 
   def d_variables(self):
@@ -212,6 +230,10 @@ class GAN(tf.Module):
 
     Call once inside `strategy.scope()`, in cross-replica context, before the first step.
     """
+    with self.precision_scope():  # layers built on their first call take the policy
+      self._build(local_batch, image_shape)
+
+  def _build(self, local_batch, image_shape):
     self.global_batch = local_batch * tf.distribute.get_strategy().num_replicas_in_sync
     z = tf.zeros([local_batch, self.G.z_dim])
     y = tf.zeros([local_batch], tf.int32) if self.num_classes else None
@@ -304,8 +326,9 @@ class GAN(tf.Module):
       ctx.d_fake = {k: v[b:] for k, v in out.items()}
       self._label_unlabelled_reals(ctx)
       total, metrics = self._sum_terms(ctx, "d_loss")
+      scaled = self._scaled("d", total)
     variables = self.d_variables()
-    grads = tape.gradient(total, variables)
+    grads = self._gradients("d", tape, scaled, variables)
     metrics["d_grad_norm"] = _grad_norm(grads)
 
     def update(ctx, grads):
@@ -314,7 +337,7 @@ class GAN(tf.Module):
         t.after_d_step(ctx)
       self.augment.update(ctx.d_real["logits"], ctx.step, ctx.global_batch)
 
-    metrics["d_skipped"] = self._update(update, ctx, grads, total, metrics["d_grad_norm"])
+    self._step_update("d", update, ctx, grads, total, metrics)
     metrics["d_skipped"] += self._regularization_step("d", ctx, metrics)
     for k, v in self.augment.metrics().items():
       metrics[k] = ctx.scalar(v)
@@ -330,8 +353,9 @@ class GAN(tf.Module):
       ctx.fakes = self.G(ctx.z, ctx.fake_labels, training=True, rng=rng.child())
       ctx.d_fake = self.D(ctx.augment_fakes(ctx.fakes), ctx.fake_labels, training=True)
       total, metrics = self._sum_terms(ctx, "g_loss")
+      scaled = self._scaled("g", total)
     variables = self.g_variables()
-    grads = tape.gradient(total, variables)
+    grads = self._gradients("g", tape, scaled, variables)
     metrics["g_grad_norm"] = _grad_norm(grads)
 
     def update(ctx, grads):
@@ -339,7 +363,7 @@ class GAN(tf.Module):
       for t in self.terms:
         t.after_g_step(ctx)
 
-    metrics["g_skipped"] = self._update(update, ctx, grads, total, metrics["g_grad_norm"])
+    self._step_update("g", update, ctx, grads, total, metrics)
     metrics["g_skipped"] += self._regularization_step("g", ctx, metrics)
     metrics["g_loss"] = total
     return metrics
@@ -365,12 +389,13 @@ class GAN(tf.Module):
     variables = self.d_variables() if network == "d" else self.g_variables()
     with tf.GradientTape() as tape:
       total, reg_metrics = self._sum_terms(ctx, method)
+      scaled = self._scaled(network, total)
     for k, v in reg_metrics.items():
       if k in metrics:
         raise ValueError(f"Two loss terms report the metric '{k}'; rename one.")
       metrics[k] = v
     grads = [tf.zeros_like(v) if g is None else g
-             for g, v in zip(tape.gradient(total, variables), variables)]
+             for g, v in zip(self._gradients(network, tape, scaled, variables), variables)]
     norm = _grad_norm(grads)
 
     def update(ctx, grads):
@@ -378,43 +403,94 @@ class GAN(tf.Module):
       self._apply_gradients(network, grads, variables)
 
     metrics[f"{network}_reg_loss"] = total
-    return self._update(update, ctx, grads, total, norm, when=due)
+    skipped, overflow = self._update(update, ctx, grads, total, norm, when=due,
+                                     network=network)
+    if network in self.loss_scale:
+      metrics[f"{network}_overflow"] += overflow
+    return skipped
 
-  def _update(self, update, ctx, grads, loss, grad_norm, when=None):
+  # -- loss scaling (mixed_float16) --------------------------------------------------------
+  def _scaled(self, network, loss):
+    """The loss to differentiate: `loss` times the network's loss scale, if it has one."""
+    scale = self.loss_scale.get(network)
+    return loss if scale is None else scale.scaled(loss)
+
+  def _gradients(self, network, tape, scaled_loss, variables):
+    grads = tape.gradient(scaled_loss, variables)
+    scale = self.loss_scale.get(network)
+    return grads if scale is None else scale.unscale(grads)
+
+  def _step_update(self, network, update, ctx, grads, total, metrics):
+    """The ordinary D or G update through `_update`, with its metrics: `<network>_skipped`
+    and, with loss scaling, `<network>_overflow` (1 when the scaled gradients overflowed
+    and the update was skipped; the grad norm of such a step is reported as 0) and
+    `<network>_loss_scale`."""
+    norm_key = f"{network}_grad_norm"
+    skipped, overflow = self._update(update, ctx, grads, total, metrics[norm_key],
+                                     network=network)
+    metrics[f"{network}_skipped"] = skipped
+    scale = self.loss_scale.get(network)
+    if scale is not None:
+      metrics[norm_key] = tf.where(overflow > 0, 0.0, metrics[norm_key])
+      metrics[f"{network}_overflow"] = overflow
+      metrics[f"{network}_loss_scale"] = ctx.scalar(scale.scale)
+
+  def _update(self, update, ctx, grads, loss, grad_norm, when=None, network=None):
     """Runs `update(ctx, grads)` (the optimizer step and every state update of the step);
     with `skip_nonfinite`, only where the loss and gradients are finite on every replica,
     and nowhere otherwise; with `when` (a boolean every replica agrees on), only when it is
-    true. -> this replica's share of 1.0 if the step was skipped (as non-finite), else 0.
+    true; with a loss scale (`network`'s, float16), not when the scaled gradients overflowed
+    on any replica (the scale then halves; see `precision.LossScale`).
+    -> (this replica's share of 1.0 if the step was skipped as non-finite, else 0;
+        the same for a skip on loss-scale overflow).
 
     The decision is taken once for all replicas in cross-replica context (`merge_call`), as
     Keras' LossScaleOptimizer does: a `tf.cond` in replica context cannot hold the
     optimizer's own `merge_call`. `update` must read replica values only from its
     arguments (each replica gets its own `ctx` and `grads`).
     """
-    if not self.skip_nonfinite and when is None:
+    scale = self.loss_scale.get(network)
+    if not self.skip_nonfinite and when is None and scale is None:
       update(ctx, grads)
-      return tf.constant(0.0)
+      return tf.constant(0.0), tf.constant(0.0)
     replica = tf.distribute.get_replica_context()
+
+    def everywhere(ok):  # `ok` on every replica
+      bad = tf.cast(tf.logical_not(ok), tf.float32)
+      return tf.equal(replica.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+
+    grads_finite = everywhere(tf.math.is_finite(grad_norm))
+    overflow = scale.benign(grads_finite) if scale is not None else tf.constant(False)
     finite = tf.constant(True)
     if self.skip_nonfinite:
-      bad = tf.cast(tf.logical_not(tf.logical_and(tf.math.is_finite(loss),
-                                                  tf.math.is_finite(grad_norm))), tf.float32)
-      finite = tf.equal(replica.all_reduce(tf.distribute.ReduceOp.SUM, bad), 0.0)
+      finite = tf.logical_and(everywhere(tf.math.is_finite(loss)),
+                              tf.logical_or(grads_finite, overflow))
     when = tf.constant(True) if when is None else tf.convert_to_tensor(when)
 
-    def cross_replica(strategy, finite, when, ctx, grads):
-      finite = strategy.experimental_local_results(finite)[0]    # equal on every replica
-      when = strategy.experimental_local_results(when)[0]
+    def cross_replica(strategy, finite, overflow, grads_finite, when, ctx, grads):
+      # Equal on every replica:
+      finite, overflow, grads_finite, when = (strategy.experimental_local_results(x)[0]
+                                              for x in (finite, overflow, grads_finite, when))
 
       def apply():
         strategy.extended.call_for_each_replica(update, args=(ctx, grads))
         return tf.constant(True)
 
-      return tf.cond(tf.logical_and(finite, when), apply, lambda: tf.constant(False))
+      applied = tf.cond(finite & ~overflow & when, apply, lambda: tf.constant(False))
+      if scale is not None:
+        def rescale():
+          scale.update(grads_finite)
+          return tf.constant(True)
+        with tf.control_dependencies([applied]):
+          tf.cond(when, rescale, lambda: tf.constant(False))
+      return applied
 
-    applied = replica.merge_call(cross_replica, args=(finite, when, ctx, grads))
-    skipped = tf.logical_and(when, tf.logical_not(applied))
-    return ctx.scalar(tf.cast(skipped, tf.float32))
+    applied = replica.merge_call(cross_replica,
+                                 args=(finite, overflow, grads_finite, when, ctx, grads))
+    skipped = when & ~finite
+    with tf.control_dependencies([applied]):
+      return (ctx.scalar(tf.cast(skipped, tf.float32)),
+              ctx.scalar(tf.cast(when & overflow, tf.float32)))
 
   def _label_unlabelled_reals(self, ctx):
     """Projects the unlabelled reals (label -1) on labels a term predicts for them.
