@@ -1,6 +1,9 @@
 """Data sources and pipeline: subsets, label masks, resumable order, bad inputs."""
 
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -148,3 +151,133 @@ def test_classes_keep_only_those_classes_relabelled_before_the_subset():
   assert all(x.tobytes() in nine_set for x in data.images[data.true_labels == 0])
   with pytest.raises(ValueError, match="classes"):
     ImageData(src, resolution=8, classes=[10])
+
+
+# -- image folders streamed through tf.data (parallel decode, file cache) --------------------
+
+def _jpeg_folder(path, n=40):
+  """n JPEGs of about 64 px: square and not, RGB and grayscale, smooth content (as photos)."""
+  rng = np.random.default_rng(0)
+  os.makedirs(path, exist_ok=True)
+  for i in range(n):
+    h, w = (64, 64) if i % 3 else (48 + i % 5, 64)
+    coarse = rng.integers(0, 256, (8, 8, 1 if i % 4 == 1 else 3)).astype(np.float32)
+    x = tf.cast(tf.image.resize(coarse, [h, w], method="bicubic"), tf.uint8)
+    tf.io.write_file(os.path.join(path, f"{i:02d}.jpg"), tf.io.encode_jpeg(x, quality=90))
+  return str(path)
+
+
+def _streamed_images(data):
+  return np.concatenate(list(data.eval_batches(16)))
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_streamed_folder_has_the_pixels_of_the_in_memory_one(tmp_path, channels):
+  # Both read files with the one decoder (`sources._decode_op`) and `_prepare_tf` repeats the
+  # in-memory preparation op for op (RGB<->gray, crop, antialiased resize, rounding), so the
+  # pixels are equal, not close. An RGBA PNG and a gray + alpha one ride along.
+  folder = _jpeg_folder(tmp_path / "img")
+  rng = np.random.default_rng(1)
+  for name, c in (("rgba", 4), ("gray_alpha", 2)):
+    x = tf.image.resize(rng.integers(0, 256, (6, 6, c)).astype(np.float32), [40, 56])
+    tf.io.write_file(os.path.join(folder, f"{name}.png"), tf.io.encode_png(tf.cast(x, tf.uint8)))
+  src = ImageFolder(folder)
+  memory = ImageData(src, resolution=32, channels=channels)
+  streamed = ImageData(src, resolution=32, channels=channels, max_in_memory_mb=0,
+                       shuffle_buffer=64)
+  assert memory.in_memory and not streamed.in_memory
+  assert memory.images.shape == (42, 32, 32, channels)
+  np.testing.assert_array_equal(_streamed_images(streamed), memory.images)
+  # The training stream serves those images, shuffled (over a buffer of many epochs).
+  stream = iter(streamed.dataset_fn(7)(None))
+  served = np.concatenate([np.round((next(stream)["images"].numpy() + 1) * 127.5)
+                           for _ in range(6)]).astype(np.uint8)
+  known = {x.tobytes() for x in memory.images}
+  assert all(x.tobytes() in known for x in served)
+  assert len({x.tobytes() for x in served}) >= 20  # 42 draws from 42 images: ~27 distinct
+
+
+def test_file_cache_serves_the_same_images_every_epoch_and_run(tmp_path):
+  folder = _jpeg_folder(tmp_path / "img")
+  cache = tmp_path / "cache"
+  memory = ImageData(ImageFolder(folder), resolution=32)
+  data = ImageData(ImageFolder(folder), resolution=32, max_in_memory_mb=0, cache_dir=str(cache))
+  assert data.cache_built and data.cache_path.startswith(str(cache))
+  assert len(os.listdir(cache)) == 1  # the finished cache, no temporary folder left
+  epochs = list(data._stream_examples().repeat(2).map(lambda x, y, t: x).batch(40)
+                .as_numpy_iterator())
+  np.testing.assert_array_equal(epochs[0], memory.images)
+  np.testing.assert_array_equal(epochs[1], epochs[0])
+  again = ImageData(ImageFolder(folder), resolution=32, max_in_memory_mb=0, cache_dir=str(cache))
+  assert not again.cache_built and again.cache_path == data.cache_path  # found, not rebuilt
+  # Overwritten files: the cache still serves what it holds (no file is read), and a new
+  # ImageData sees new files (their size / time changed the key) and caches them apart.
+  for name in os.listdir(folder):
+    tf.io.write_file(os.path.join(folder, name),
+                     tf.io.encode_jpeg(tf.fill([64, 64, 3], tf.constant(7, tf.uint8))))
+  np.testing.assert_array_equal(_streamed_images(data), memory.images)
+  fresh = ImageData(ImageFolder(folder), resolution=32, max_in_memory_mb=0, cache_dir=str(cache))
+  assert fresh.cache_built and len(os.listdir(cache)) == 2
+  assert np.abs(_streamed_images(fresh).astype(int) - 7).max() <= 2  # JPEG of a flat 7
+
+
+def test_unusable_cache_dir_fails_first_with_the_fix(tmp_path):
+  (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")  # decoding anything would fail otherwise
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ValueError, match=r"cache_dir '.*file/sub' cannot be used: Not a "
+                                       r"directory.*ImageData.cache_dir = None"):
+    ImageData(ImageFolder(str(tmp_path)), resolution=8, cache_dir=str(tmp_path / "file" / "sub"))
+
+
+@pytest.mark.parametrize("bad", ["07.jpg", "39.jpg"])
+def test_streamed_folder_names_an_undecodable_file(tmp_path, bad):
+  folder = _jpeg_folder(tmp_path / "img")
+  (tmp_path / "img" / bad).write_bytes(b"\xff\xd8 truncated jpeg")  # in the middle, or last
+  data = ImageData(ImageFolder(folder), resolution=32, max_in_memory_mb=0)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f"Could not decode image file.*{bad}.*on_error to skip"):
+    _streamed_images(data)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=bad):  # no half-written cache
+    ImageData(ImageFolder(folder), resolution=32, max_in_memory_mb=0,
+              cache_dir=str(tmp_path / "cache"))
+  assert os.listdir(tmp_path / "cache") == []
+  skipped = ImageData(ImageFolder(folder, on_error="skip"), resolution=32, max_in_memory_mb=0)
+  assert len(_streamed_images(skipped)) == 39
+
+
+def test_image_folder_take_decodes_only_those_files(tmp_path):
+  folder = _jpeg_folder(tmp_path / "img", n=4)
+  for i in (0, 2):  # decoding these would raise
+    (tmp_path / "img" / f"{i:02d}.jpg").write_bytes(b"junk")
+  src = ImageFolder(folder)
+  taken = list(src.take([1, 3]))
+  assert len(taken) == 2
+  np.testing.assert_array_equal(taken[1][0], tf.io.decode_jpeg(tf.io.read_file(src.files[3])))
+  with pytest.raises(ValueError, match=r"(?s)2 image file\(s\).*00.jpg.*02.jpg"):
+    list(src)
+
+
+def test_benchmark_data_only_end_to_end(tmp_path):
+  folder = _jpeg_folder(tmp_path / "img")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run(
+      [sys.executable, "bin/benchmark", "--data_only",
+       "--gin_file=gin/stylegan2/stylegan2_ffhq256_ada.gin", f"--gin_param=DATA_DIR='{folder}'",
+       "--gin_param=RESOLUTION=32", "--gin_param=Trainer.batch_size=8",
+       "--gin_param=ImageData.max_in_memory_mb=0", "--gin_param=ImageData.shuffle_buffer=16",
+       f"--gin_param=ImageData.cache_dir='{tmp_path / 'cache'}'",
+       "--warmup=1", "--rounds=2", "--steps=3", "--step_seconds=2"],
+      cwd=root, capture_output=True, text=True, timeout=120,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  text = out.stdout
+  assert "~40 images, 32x32x3; streamed from the file cache" in text
+  assert "load average (1/5/15 min)" in text and "CPU cores" in text
+  med = float(re.search(r"images/s delivered: median ([\d.]+) \(min ([\d.]+), max ([\d.]+)\)",
+                        text).group(1))
+  assert med > 0
+  # the step of that config: (disc_iters 1 + 1) x 8 = 16 images in 2 s: 8 images/s needed
+  assert "(disc_iters 1 + 1) x batch 8 = 16 real images" in text
+  ratio = float(re.search(r"= 8.00 images/s; the pipeline delivers ([\d.]+)x", text).group(1))
+  assert ratio == pytest.approx(med / 8, abs=0.06)
+  assert len(os.listdir(tmp_path / "cache")) == 1

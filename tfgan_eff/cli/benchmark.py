@@ -6,6 +6,8 @@
   bin/benchmark --describe --gin_file=gin/biggan/biggan_imagenet128.gin
   bin/benchmark --extractor=digits            # FID feature extraction throughput
   bin/benchmark --extractor=inception --inception_path=classify_image_graph_def.pb
+  bin/benchmark --data_only --gin_file=gin/stylegan2/stylegan2_ffhq256_ada.gin \
+      --gin_param="DATA_DIR='/data/ffhq256'" --step_seconds=40   # the input pipeline alone
 
 For each variant (the base config first): the median step time (one G step with its D
 steps) with its min and max, training images/sec (real images consumed per second:
@@ -16,8 +18,14 @@ interleaved rounds in one process, each round in another order (rotated), after 
 (>= 3) untimed steps each; ratios are to the base's median. The load average at the start
 and the end says how quiet the machine was. Machines are noisy: compare ratios measured side
 by side, not numbers from different runs.
+
+--data_only builds only the config's data (`Trainer.data`, e.g. an image folder) and times
+its training stream at the config's batch: images/s delivered (decoded, prepared, batched,
+prefetched), median and range over rounds, against what a training step consumes
+((disc_iters + 1) x batch real images per step, so images/s needed = that / s per step).
 """
 
+import inspect
 import os
 import resource
 import tempfile
@@ -27,10 +35,27 @@ from absl import app, flags
 
 from tfgan_eff.cli import entry, gin_flags  # noqa: F401  (defines --gin_file, --gin_param)
 
-flags.DEFINE_integer("steps", 10, "Timed steps per round.")
+flags.DEFINE_integer("steps", 10, "Timed steps per round (with --data_only: batches).")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds (variants alternate).")
-flags.DEFINE_integer("warmup", 3, "Untimed steps per variant first (tracing, caches); >= 3.")
+flags.DEFINE_integer("warmup", 3, "Untimed steps per variant first (tracing, caches); >= 3. "
+                     "With --data_only: untimed batches first, >= 1 (the first one includes "
+                     "filling a streamed source's shuffle buffer).")
 flags.DEFINE_bool("flops", True, "Count each step's FLOPs and measure this machine's peak.")
+flags.DEFINE_bool("data_only", False,
+                  "Time only the input pipeline of --gin_file: build the config's data "
+                  "(Trainer.data; in-memory data is decoded and prepared then, a streamed "
+                  "source's file cache written or found), take --warmup batches of "
+                  "Trainer.batch_size, then time --rounds x --steps batches and print the "
+                  "images/s delivered (median, min, max over rounds), the load average at the "
+                  "start and end, the cores and threads, and how that compares with a training "
+                  "step: it consumes (GAN.disc_iters + 1) x batch real images, so the images/s "
+                  "it needs are that / seconds per step (see --step_seconds).")
+flags.DEFINE_float("step_seconds", None,
+                   "With --data_only: seconds per training step of the same config (the median "
+                   "step time that bin/benchmark without --data_only prints, on the machine "
+                   "that will train). Prints the images/s the step consumes, (disc_iters + 1) "
+                   "x batch / step_seconds, and the pipeline's ratio to it (goal >= 10x). "
+                   "Without it, the shortest steps the pipeline keeps up with are printed.")
 flags.DEFINE_multi_string("variant", [], "name:binding;binding... timed against the base.")
 flags.DEFINE_bool("describe", False, "Print parameter counts of G and D and exit.")
 flags.DEFINE_enum("extractor", None, ["inception", "digits", "inception_v3_untrained"],
@@ -72,6 +97,101 @@ def describe():
   print(f"D {type(gan.D).__name__}: {count_params(gan.D.trainable_variables):,} parameters; "
         f"built in {d_seconds:.1f} s")
   print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def _binding(name, configurable):
+  """The gin parameter `name` ('Configurable.param'): as bound, else the default."""
+  import gin  # pylint: disable=import-outside-toplevel
+  try:
+    return gin.query_parameter(name)
+  except ValueError:
+    return inspect.signature(configurable).parameters[name.split(".")[-1]].default
+
+
+def benchmark_data():
+  """--data_only: images/s of the config's training input stream, alone."""
+  import gin  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.training.gan import GAN  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.training.trainer import Trainer  # pylint: disable=import-outside-toplevel
+  if FLAGS.warmup < 1 or FLAGS.steps < 1 or FLAGS.rounds < 1:
+    raise app.UsageError("--data_only needs --warmup, --steps and --rounds >= 1.")
+  if FLAGS.variant:
+    raise app.UsageError("--variant compares training steps; it does not apply to "
+                         "--data_only (time each data setting with its own --gin_param).")
+  if FLAGS.step_seconds is not None and FLAGS.step_seconds <= 0:
+    raise app.UsageError(f"--step_seconds must be > 0, got {FLAGS.step_seconds}.")
+  _parse([])
+  try:
+    ref = gin.query_parameter("Trainer.data")
+  except ValueError:
+    raise app.UsageError(f"--data_only times the config's data, Trainer.data, which "
+                         f"{' '.join(FLAGS.gin_file)} does not set (e.g. Trainer.data = "
+                         f"@ImageData()).") from None
+  batch = _binding("Trainer.batch_size", Trainer)
+  disc_iters = _binding("GAN.disc_iters", GAN)
+  per_step = (disc_iters + 1) * batch
+  load_start = os.getloadavg()
+  start = time.perf_counter()
+  data = ref.scoped_configurable_fn() if isinstance(ref, gin.config.ConfigurableReference) \
+      else ref
+  build_seconds = time.perf_counter() - start
+  it = iter(data.dataset_fn(batch)(None))
+  start = time.perf_counter()
+  next(it)
+  first_seconds = time.perf_counter() - start
+  for _ in range(FLAGS.warmup - 1):
+    next(it)
+  rates = []
+  for _ in range(FLAGS.rounds):
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      next(it)  # an eager tensor: the batch is ready
+    rates.append(FLAGS.steps * batch / (time.perf_counter() - start))
+  load_end = os.getloadavg()
+  med, low, high = float(np.median(rates)), min(rates), max(rates)
+
+  shape = f"{data.resolution}x{data.resolution}x{data.channels}"
+  if data.in_memory:
+    how = (f"in memory: {data.num_examples} images decoded and prepared once (in parallel) "
+           f"in {build_seconds:.1f} s ({data.num_examples / build_seconds:.1f} images/s), "
+           f"then served from memory")
+  elif data.cache_path:
+    how = (f"streamed from the file cache {data.cache_path} ("
+           + (f"written in {build_seconds:.1f} s, {len(data.source) / build_seconds:.1f} "
+              f"images/s" if data.cache_built else "found, not rebuilt") + ")")
+  else:
+    how = ("streamed from the source, read and decoded in every epoch (parallel map, "
+           "no ImageData.cache_dir)")
+  threads = [tf.config.threading.get_intra_op_parallelism_threads(),
+             tf.config.threading.get_inter_op_parallelism_threads()]
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  print(f"config: {' '.join(FLAGS.gin_file)} {' '.join(FLAGS.gin_param)}")
+  print(f"data: {data.name}: ~{data.num_examples} images, {shape}; {how}")
+  print(f"machine: {os.cpu_count()} CPU cores ({cores} usable), TF {tf.__version__}, "
+        f"intra-/inter-op threads {'/'.join(str(t or 'default') for t in threads)} "
+        f"(default: one per core; tf.data's pool: one per core); load average (1/5/15 min) "
+        f"{'/'.join(f'{x:.2f}' for x in load_start)} at the start, "
+        f"{'/'.join(f'{x:.2f}' for x in load_end)} at the end")
+  fill = ("" if data.in_memory else
+          f" (includes filling the shuffle buffer of {data.shuffle_buffer} images)")
+  print(f"first batch after {first_seconds:.2f} s{fill}; then {FLAGS.warmup - 1} untimed, "
+        f"{FLAGS.rounds} rounds x {FLAGS.steps} batches of {batch} timed")
+  print(f"images/s delivered: median {med:.1f} (min {low:.1f}, max {high:.1f}); "
+        f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+        f" MB")
+  print(f"a training step of this config consumes (disc_iters {disc_iters} + 1) x batch "
+        f"{batch} = {per_step} real images")
+  if FLAGS.step_seconds:
+    need = per_step / FLAGS.step_seconds
+    print(f"at {FLAGS.step_seconds:g} s/step it needs {per_step} / {FLAGS.step_seconds:g} = "
+          f"{need:.2f} images/s; the pipeline delivers {med / need:.1f}x that (median; "
+          f"slowest round {low / need:.1f}x; goal >= 10x)")
+  else:
+    print(f"the pipeline keeps up with steps of >= {per_step / med:.3f} s and delivers >= 10x "
+          f"the consumption of steps of >= {10 * per_step / med:.2f} s; pass --step_seconds "
+          f"(the median step time of `bin/benchmark --gin_file=...`) for the ratio")
 
 
 def _untrained_inception_v3():
@@ -127,6 +247,11 @@ def main(argv):
     return
   if FLAGS.extractor:
     benchmark_extractor()
+    return
+  if FLAGS.data_only:
+    if not FLAGS.gin_file:
+      raise app.UsageError("--data_only needs --gin_file (a training config with data).")
+    benchmark_data()
     return
   if not FLAGS.gin_file:
     raise app.UsageError("Pass --gin_file (a training config), or --extractor.")

@@ -1,28 +1,41 @@
 """From a `Source` to per-replica training batches.
 
-`ImageData` decodes, converts, crops and resizes every image once, keeps the configured
-subset (`data_fraction` / `num_images`) and label mask (`label_fraction`), and serves:
+`ImageData` decodes, converts, crops and resizes the images, keeps the configured subset
+(`data_fraction` / `num_images`) and label mask (`label_fraction`), and serves:
 
 - `dataset_fn(global_batch, start_sample)`: for `strategy.distribute_datasets_from_function`;
   yields dicts `{"images": float32 [b, H, W, C] in [-1, 1], "labels": int32 [b] (-1 where
   the label is hidden), "true_labels": int32 [b]}` with `b` the per-replica batch.
 - `eval_batches(batch_size)`: one pass over the kept images as uint8 numpy batches.
 
-In memory (the limited-data setting, up to `max_in_memory_mb`), the order of the stream is a
-pure function of `(seed, sample index)`: epoch `e` is the permutation drawn from `(seed, e)`,
-and random flips are drawn per sample index. Resuming at `start_sample` therefore continues
-the exact stream of the interrupted run, with no iterator state to save. Larger sources
-(e.g. TFDS ImageNet) stream through a shuffle buffer; on resume the stream is reshuffled
-with a seed that depends on the resume point (documented in docs/data.md).
+In memory (the limited-data setting: the kept images, resized, up to `max_in_memory_mb`),
+the images are prepared once and the order of the stream is a pure function of
+`(seed, sample index)`: epoch `e` is the permutation drawn from `(seed, e)`, and random flips
+are drawn per sample index. Resuming at `start_sample` therefore continues the exact stream of
+the interrupted run, with no iterator state to save. Larger sources (an image folder, a TFDS
+split) stream: read and decoded in parallel by tf.data (`num_parallel_calls=AUTOTUNE`, order
+kept), prepared by the TF twin of the in-memory preparation (the same pixels, tested), then
+shuffled through a buffer; on resume the stream is reshuffled with a seed that depends on the
+resume point (docs/architecture.md). With `cache_dir`, a streamed source is decoded and
+prepared once into a file cache and read from there by every later epoch and run. Batches
+are prefetched (`prefetch(AUTOTUNE)`).
 """
 
 import hashlib
+import os
+import shutil
+import tempfile
+import time
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from tfgan_eff.config import configurable
+
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # RGB -> gray (ITU-R 601)
+CACHE_VERSION = 1  # part of a file cache's key: bump when the cached preparation changes
 
 
 def _to_channels(image, channels):
@@ -36,7 +49,8 @@ def _to_channels(image, channels):
     return image
   if channels == 3:
     return np.repeat(image, 3, axis=-1)
-  luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+  x = image.astype(np.float32)
+  luma = x[..., 0] * LUMA[0] + x[..., 1] * LUMA[1] + x[..., 2] * LUMA[2]  # as _prepare_tf
   return np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
 
 
@@ -54,6 +68,52 @@ def _resize(images, resolution):
   out = tf.image.resize(tf.convert_to_tensor(images, tf.float32), [resolution, resolution],
                         method="bilinear", antialias=True)
   return np.clip(np.round(out.numpy()), 0, 255).astype(np.uint8)
+
+
+def _prepare_tf(image, channels, resolution):
+  """The TF twin of `_to_channels`, `_center_crop` and `_resize` for one uint8 [H, W, C]
+  image of any C in 1..4 (known only when the graph runs): the same pixels."""
+  c = tf.shape(image)[-1]
+  image = image[..., :tf.where(c % 2 == 0, c - 1, c)]  # RGBA -> RGB, gray + alpha -> gray
+  if channels == 3:
+    image = tf.tile(image, [1, 1, 3 // tf.shape(image)[-1]])  # gray -> RGB
+  else:
+    def luma():
+      x = tf.cast(image, tf.float32)
+      y = x[..., 0] * LUMA[0] + x[..., 1] * LUMA[1] + x[..., 2] * LUMA[2]
+      return tf.cast(tf.clip_by_value(tf.round(y), 0, 255), tf.uint8)[..., None]
+    image = tf.cond(tf.shape(image)[-1] == 3, luma, lambda: image[..., :1])
+  image.set_shape([None, None, channels])
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  s = tf.minimum(h, w)
+  top, left = (h - s) // 2, (w - s) // 2
+  image = image[top:top + s, left:left + s]
+
+  def resize():
+    out = tf.image.resize(tf.cast(image, tf.float32), [resolution, resolution],
+                          method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+  image = tf.cond(tf.equal(s, resolution), lambda: image, resize)
+  image.set_shape([resolution, resolution, channels])
+  return image
+
+
+def _check_cache_dir(path):
+  """The cache folder, created if missing; one clear error if it cannot be written."""
+  if path is None:
+    return None
+  path = os.path.expanduser(str(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+      pass
+  except OSError as e:
+    raise ValueError(
+        f"ImageData.cache_dir '{path}' cannot be used: {e.strerror or e}. Point it at a "
+        f"folder you can write to (it is created if missing), or set ImageData.cache_dir = "
+        f"None to decode the images in every epoch.") from None
+  return path
 
 
 def subset_indices(n, fraction=1.0, count=None, seed=0, labels=None):
@@ -131,19 +191,29 @@ class ImageData:
     label_fraction: keep labels on a fixed, seeded, class-balanced fraction; others get -1.
     random_flip: random horizontal flips in the training stream.
     seed: seeds the subset, the label mask, the shuffling order and the flips.
-    max_in_memory_mb: sources up to this size (after resizing) are held in memory and
-      streamed in an exactly resumable order; larger ones stream through a shuffle buffer.
-    shuffle_buffer: buffer size for streamed sources.
+    max_in_memory_mb: when the kept images (after resizing) take up to this much, they are
+      prepared once, held in memory and streamed in an exactly resumable order; larger
+      data streams from the source (an image folder or TFDS) through a shuffle buffer. 0
+      streams every such source.
+    shuffle_buffer: buffer size (images) for streamed sources.
+    cache_dir: for streamed sources, a folder for a file cache: the whole source, decoded
+      and prepared (resolution, channels), is written there once (before training starts,
+      in parallel) and read from there by every epoch and by later runs with the same
+      source files, resolution and channels (subsets, label masks and seeds share it). It
+      takes resolution² x channels bytes per image (196 KB at 256 px RGB). None: decode in
+      every epoch. In-memory data does not use it.
   """
 
   def __init__(self, source, resolution=32, channels=None, data_fraction=1.0,
                num_images=None, label_fraction=1.0, random_flip=False, seed=0,
                max_in_memory_mb=2048, shuffle_buffer=10000, classes=None,
-               class_balanced=False):
+               class_balanced=False, cache_dir=None):
     if resolution < 4 or resolution & (resolution - 1):
       raise ValueError(f"ImageData.resolution must be a power of two >= 4, got {resolution}.")
     if channels not in (None, 1, 3):
       raise ValueError(f"ImageData.channels must be 1, 3 or None, got {channels}.")
+    self.cache_dir = _check_cache_dir(cache_dir)
+    self.cache_path, self.cache_built = None, False
     self.source = source
     self.resolution = resolution
     self.random_flip = random_flip
@@ -161,7 +231,8 @@ class ImageData:
     first, _ = next(iter(source))
     src_c = 3 if first.shape[-1] >= 3 else 1
     self.channels = channels or src_c
-    est_mb = n_total * resolution * resolution * self.channels / 2**20
+    n_keep = min(n_total, num_images or int(round(n_total * data_fraction)))
+    est_mb = n_keep * resolution * resolution * self.channels / 2**20
     self.in_memory = est_mb <= max_in_memory_mb or not hasattr(source, "as_tf_dataset")
     if self.classes is not None and not self.in_memory:
       raise ValueError(f"ImageData.classes needs an in-memory source, but '{source.name}' "
@@ -178,6 +249,9 @@ class ImageData:
                          f"ImageData.max_in_memory_mb or drop class_balanced.")
       self.name += "-balanced"
     if self.in_memory:
+      if self.cache_dir:
+        logging.info("Data: in memory (~%.0f MB <= ImageData.max_in_memory_mb); "
+                     "ImageData.cache_dir is not used.", est_mb)
       self._load(n_total, num_images)
     else:
       self._setup_streaming(n_total, num_images)
@@ -218,12 +292,8 @@ class ImageData:
     keep = eligible[subset_indices(len(eligible), self.data_fraction, num_images, self.seed,
                                    labels)]
     self.source_indices = keep  # which source images were kept (sorted)
-    keep_set = np.zeros(n_total, bool)
-    keep_set[keep] = True
     images, labels, chunk = [], [], []
-    for i, (img, y) in enumerate(self.source):
-      if not keep_set[i]:
-        continue
+    for img, y in self.source.take(keep):  # an image folder decodes only these, in parallel
       if img.ndim == 2:
         img = img[..., None]
       chunk.append(_center_crop(_to_channels(img, self.channels)))
@@ -269,10 +339,59 @@ class ImageData:
     frac = (num_images / n_total) if num_images else self.data_fraction
     self._stream_fraction = frac
     self.num_examples = int(round(n_total * frac))
-    self.num_labelled = int(round(self.num_examples * self.label_fraction))
+    self.num_labelled = (int(round(self.num_examples * self.label_fraction))
+                         if self.num_classes else 0)
+    if self.cache_dir:
+      self._build_cache()
     logging.info("Data: %s: streaming ~%d of %d images, ~%d labelled (per-image hash "
-                 "subsets; exact counts only for in-memory sources).", self.source.name,
-                 self.num_examples, n_total, self.num_labelled)
+                 "subsets; exact counts only for in-memory sources), %s.", self.source.name,
+                 self.num_examples, n_total, self.num_labelled,
+                 f"from the file cache {self.cache_path}" if self.cache_path else
+                 "decoded in every epoch (no ImageData.cache_dir)")
+
+  def _prepared_source(self):
+    """Every source image, prepared (channels, crop, resize) in parallel, in source order:
+    (uint8 image [res, res, channels], int32 label)."""
+    res, ch = self.resolution, self.channels
+    return self.source.as_tf_dataset().map(
+        lambda x, y: (_prepare_tf(x, ch, res), tf.cast(y, tf.int32)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  def _build_cache(self):
+    """Writes the prepared source to cache_dir once, or finds it there; sets `cache_path`.
+
+    A tf.data file cache (`Dataset.cache(filename)`), filled by one pass before training
+    (errors such as an undecodable file surface then) in a temporary folder that is renamed
+    when complete: an interrupted pass leaves no cache, and runs started together each
+    write their own and keep the first one finished. (`Dataset.save` hangs when its input
+    fails, so it is not used.)
+    """
+    key = hashlib.sha1(repr((self.source.fingerprint(), self.resolution, self.channels,
+                             CACHE_VERSION)).encode()).hexdigest()[:16]
+    folder = os.path.join(self.cache_dir, f"{self.source.name}-{self.resolution}px-"
+                                          f"c{self.channels}-{key}")
+    self.cache_path = os.path.join(folder, "images")
+    if os.path.exists(self.cache_path + ".index"):
+      return
+    logging.info("Data: writing the file cache %s (one pass over %d images).", folder,
+                 len(self.source))
+    start = time.perf_counter()
+    tmp = tempfile.mkdtemp(dir=self.cache_dir, prefix=f".{os.path.basename(folder)}-")
+    try:
+      self._prepared_source().cache(os.path.join(tmp, "images")).reduce(
+          tf.constant(0, tf.int64), lambda count, _: count + 1)
+      try:
+        os.rename(tmp, folder)
+      except OSError:
+        if not os.path.exists(self.cache_path + ".index"):  # not a run that finished first
+          raise ValueError(f"Cannot move the new file cache {tmp} to {folder}: something "
+                           f"else is in the way. Remove {folder} and re-run.") from None
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    logging.info("Data: file cache written in %.1f s (%.1f images/s).", seconds,
+                 len(self.source) / seconds)
+    self.cache_built = True
 
   def _stream_examples(self):
     """Streams (uint8 image at resolution, label, true label) for large sources."""
@@ -284,22 +403,23 @@ class ImageData:
                                                             tf.constant(seed * 7919 + salt,
                                                                         tf.int64)]))
 
-    def prep(i, image, label):
-      image = image[..., :3] if ch == 3 else tf.image.rgb_to_grayscale(image[..., :3])
-      if image.shape[-1] == 1 and ch == 3:
-        image = tf.repeat(image, 3, axis=-1)
-      h, w = tf.shape(image)[0], tf.shape(image)[1]
-      s = tf.minimum(h, w)
-      image = tf.image.crop_to_bounding_box(image, (h - s) // 2, (w - s) // 2, s, s)
-      image = tf.image.resize(tf.cast(image, tf.float32), [res, res], antialias=True)
-      image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-      shown = tf.where(unit(i, 2) < lfrac, label, -1)
-      return image, shown, label
+    def shown(i, label):
+      return tf.where(unit(i, 2) < lfrac, label, -1)
 
-    ds = self.source.as_tf_dataset().enumerate()
+    if self.cache_path:  # prepared already: read from the cache, the source is not read
+      ds = self._prepared_source().cache(self.cache_path).enumerate()
+    else:
+      ds = self.source.as_tf_dataset().enumerate()
     if frac < 1.0:
-      ds = ds.filter(lambda i, x, y: unit(i, 1) < frac)
-    return ds.map(lambda i, x, y: prep(i, x, y), num_parallel_calls=tf.data.AUTOTUNE)
+      ds = ds.filter(lambda i, ex: unit(i, 1) < frac)
+    if self.cache_path:
+      return ds.map(lambda i, ex: (ex[0], shown(i, ex[1]), ex[1]))
+
+    def prep(i, ex):
+      label = tf.cast(ex[1], tf.int32)
+      return _prepare_tf(ex[0], ch, res), shown(i, label), label
+
+    return ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   # -- training stream -------------------------------------------------------------------
   def dataset_fn(self, global_batch, start_sample=0):
@@ -318,6 +438,8 @@ class ImageData:
         ds = self._indexed_stream(start_sample)
       else:
         ds = self._shuffled_stream(start_sample)
+      if self.random_flip:
+        ds = ds.map(self._flip, num_parallel_calls=tf.data.AUTOTUNE)
       if pipes > 1:
         # Pipeline `pid` takes block `pid` of every global batch, so global row r is the
         # same sample (and meets the same SampleRNG row) on any number of workers.
@@ -355,11 +477,16 @@ class ImageData:
     return ds.enumerate().map(lambda k, ex: {"k": k + k0, "images": ex[0], "labels": ex[1],
                                              "true_labels": ex[2]})
 
+  def _flip(self, example):
+    """Mirrors sample k's image when its hash bit is set: per uint8 image, before batching
+    (at 256 px a select over the float batch held the in-memory stream to a third of its
+    rate; docs/performance.md). The same pixels as flipping after the conversion."""
+    image, flip = example["images"], _hash_bit(example["k"], self.seed)
+    return {**example, "images": tf.cond(flip, lambda: tf.reverse(image, axis=[1]),
+                                          lambda: image)}
+
   def _finish_batch(self, batch):
     x = tf.cast(batch["images"], tf.float32) / 127.5 - 1.0
-    if self.random_flip:
-      flip = _hash_bit(batch["k"], self.seed)
-      x = tf.where(flip[:, None, None, None], tf.reverse(x, axis=[2]), x)
     return {"images": x, "labels": batch["labels"], "true_labels": batch["true_labels"]}
 
   # -- evaluation ------------------------------------------------------------------------

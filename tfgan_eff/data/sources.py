@@ -1,12 +1,14 @@
 """Image sources. Each yields `(uint8 image [H, W, C], int label or -1)` pairs.
 
-Sources are plain Python iterables of numpy arrays so that they can be decoded, resized and
-held in memory once (the limited-data setting), or wrapped as a streaming `tf.data` pipeline
-for collections that do not fit (`tfds` with a large split).
+Sources are Python iterables of numpy arrays so that they can be decoded, resized and held in
+memory once (the limited-data setting). Sources that can be large also stream as a `tf.data`
+pipeline (`as_tf_dataset`) for collections that do not fit: an image folder (files read and
+decoded by TF in parallel, in file order) or a TFDS split.
 """
 
 import abc
 import gzip
+import hashlib
 import os
 import re
 import struct
@@ -39,16 +41,44 @@ class Source(abc.ABC):
   def __len__(self):
     """Number of images."""
 
+  def take(self, indices):
+    """Yields (image, label) of the images at the sorted `indices`, in that order.
+
+    This default reads the source in order up to the last index; sources with random
+    access (an image folder) read only those images.
+    """
+    keep = {int(i) for i in indices}
+    last = max(keep, default=-1)
+    for i, example in enumerate(self):
+      if i > last:
+        return
+      if i in keep:
+        yield example
+
+  def fingerprint(self):
+    """A string that changes when the images change: part of the key of a file cache
+    (`ImageData.cache_dir`). This default is the name; sources whose files can change in
+    place override it."""
+    return self.name
+
 
 class UndecodableImage(ValueError):
   """An image file that cannot be decoded."""
 
 
+def _decode_op(path):
+  """Reads and decodes one image file with TF's decoders: uint8 [H, W, C] (C = 1..4).
+
+  The one decoder of image files, run eagerly by `_decode` and inside tf.data pipelines,
+  so images held in memory and streamed ones are the same pixels.
+  """
+  return tf.io.decode_image(tf.io.read_file(path), expand_animations=False, dtype=tf.uint8)
+
+
 def _decode(path):
   """Decodes one image file to uint8 HxWxC, or raises UndecodableImage naming the file."""
   try:
-    data = tf.io.read_file(path)
-    image = tf.io.decode_image(data, expand_animations=False, dtype=tf.uint8)
+    image = _decode_op(path)
   except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.NotFoundError) as e:
     reason = re.sub(r"^\{\{.*?\}\}\s*|\s*\[Op:.*$", "", str(e).splitlines()[0]).strip()
     err = UndecodableImage(
@@ -76,8 +106,12 @@ class ImageFolder(Source):
     labels_from_subfolders: when True, each immediate sub-folder is one class (sorted by
       name, label = index); images directly in `path` are then an error.
     on_error: what an undecodable file does: 'raise' (one error listing every such file,
-      once all have been read) or 'skip' (every file is decoded once here, the bad ones
-      are left out with a warning naming them).
+      once all have been read; a streamed folder stops at the first one, naming it) or
+      'skip' (every file is decoded once here, in parallel, and the bad ones are left out
+      with a warning naming them).
+
+  Files are read and decoded by TF in parallel (`tf.data`, `num_parallel_calls=AUTOTUNE`),
+  in file order, whether the images are loaded into memory or streamed (`as_tf_dataset`).
   """
 
   def __init__(self, path, labels_from_subfolders=False, on_error="raise"):
@@ -113,39 +147,95 @@ class ImageFolder(Source):
       raise ValueError(
           f"Image folder '{path}' contains no images (looked for {', '.join(IMAGE_EXTENSIONS)} "
           f"recursively). Put images there or point ImageFolder.path elsewhere.")
+    self.labels = np.asarray(labels, np.int32)
+    self.num_classes = len(classes) if labels_from_subfolders else 0
+    self.class_names = classes if labels_from_subfolders else []
     if on_error == "skip":
-      bad = []
-      for f in self.files:
-        try:
-          _decode(f)
-        except UndecodableImage as e:
-          bad.append((f, e.reason))
+      every = np.arange(len(self.files))
+      seen = {int(i) for i in self._decoded(every).map(lambda i, x, y: i).as_numpy_iterator()}
+      bad = self._reasons([i for i in every if i not in seen])
       if bad:
         logging.warning("Skipping %s", _undecodable_message(bad, path).split("\nRemove")[0])
         drop = {f for f, _ in bad}
         keep = [i for i, f in enumerate(self.files) if f not in drop]
         self.files = [self.files[i] for i in keep]
-        labels = [labels[i] for i in keep]
+        self.labels = self.labels[keep]
         if not self.files:
           raise ValueError(f"No image under '{path}' can be decoded.")
-    self.labels = np.asarray(labels, np.int32)
-    self.num_classes = len(classes) if labels_from_subfolders else 0
-    self.class_names = classes if labels_from_subfolders else []
 
   def __len__(self):
     return len(self.files)
 
   def __iter__(self):
-    bad = []
+    return self.take(range(len(self.files)))
+
+  def fingerprint(self):
+    """The relative paths, sizes, modification times and labels of the files."""
+    h = hashlib.sha1()
     for f, y in zip(self.files, self.labels):
+      st = os.stat(f)
+      h.update(f"{os.path.relpath(f, self.path)}\0{st.st_size}\0{st.st_mtime_ns}\0{y}\n"
+               .encode())
+    return f"{self.name}-{len(self.files)}-{h.hexdigest()}"
+
+  def _decoded(self, indices):
+    """tf.data of (index, uint8 image, label) for the files at `indices`, in that order,
+    read and decoded in parallel; a file that cannot be decoded is left out (its index is
+    missing from the stream)."""
+    indices = np.asarray(indices, np.int64).reshape([-1])
+    files = np.asarray(self.files, object)[indices].astype(str)
+    ds = tf.data.Dataset.from_tensor_slices((indices, files, self.labels[indices]))
+    ds = ds.map(lambda i, f, y: (i, _decode_op(f), y), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.ignore_errors()
+
+  def _reasons(self, indices):
+    """[(file, why it cannot be decoded)] for the files at `indices`, decoded one by one."""
+    bad = []
+    for i in indices:
       try:
-        image = _decode(f)
-      except UndecodableImage as e:  # read on, so that one error names every bad file
-        bad.append((f, e.reason))
-        continue
+        _decode(self.files[i])
+        bad.append((self.files[i], "could not be read in the parallel pass"))
+      except UndecodableImage as e:
+        bad.append((self.files[i], e.reason))
+    return bad
+
+  def take(self, indices):
+    """Decodes only the files at `indices`, in parallel; with on_error='raise', one error
+    names every file among them that cannot be decoded, once all have been read."""
+    indices = [int(i) for i in indices]
+    pending, missing = iter(indices), []
+    for i, image, y in self._decoded(indices).as_numpy_iterator():
+      for j in pending:  # indices before i that never came are undecodable files
+        if j == i:
+          break
+        missing.append(j)
       yield image, int(y)
-    if bad:
-      raise ValueError(_undecodable_message(bad, self.path))
+    missing.extend(pending)
+    if missing:
+      raise ValueError(_undecodable_message(self._reasons(missing), self.path))
+
+  def as_tf_dataset(self):
+    """Every image as a tf.data pipeline of (uint8 image [H, W, C], int32 label), in file
+    order, read and decoded by TF in parallel. A file that cannot be decoded stops the stream
+    with an error naming it (with on_error='skip' such files were left out already)."""
+    n = len(self.files)
+    files = tf.constant(self.files)
+    fix = (f"(the first such file under {self.path}). Remove or re-save it (PNG or JPEG), or "
+           f"leave such files out: set the gin parameter ImageFolder.on_error to skip.")
+
+    def check(expected, example):  # a gap in the indices is a file that failed to decode
+      i = example[0]
+      ok = tf.debugging.Assert(tf.equal(i, expected), [
+          "Could not decode image file", tf.gather(files, tf.minimum(expected, n - 1)), fix])
+      with tf.control_dependencies([ok]):
+        return i + 1, tf.nest.map_structure(tf.identity, example)
+
+    end = tf.data.Dataset.from_tensors((tf.constant(n, tf.int64), tf.zeros([0, 0, 0], tf.uint8),
+                                        tf.constant(-1, tf.int32)))
+    ds = self._decoded(np.arange(n)).concatenate(end)  # `end` checks for a missing last file
+    ds = ds.scan(tf.constant(0, tf.int64), check).filter(lambda i, x, y: i < n)
+    return ds.map(lambda i, x, y: (x, y))
 
 
 def _read_idx(path):
@@ -273,6 +363,9 @@ class TFDS(Source):
 
   def __len__(self):
     return self._len
+
+  def fingerprint(self):
+    return f"{self.name}-{self._builder.info.version}"
 
   def as_tf_dataset(self):
     ds = self._builder.as_dataset(split=self._split, shuffle_files=False)
