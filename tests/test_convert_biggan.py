@@ -14,6 +14,10 @@ import tensorflow as tf
 
 from tfgan_eff.convert import biggan, common
 
+# Module-scoped fixtures: keep this file in one worker process (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("convert_biggan")
+
+
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 TOL = 1e-4
 CROP = 8

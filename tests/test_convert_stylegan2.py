@@ -16,6 +16,10 @@ from tfgan_eff.convert import common, reader, stylegan2
 from tfgan_eff.models import stylegan2_layers as L
 from tfgan_eff.training import runs
 
+# Module-scoped fixtures: keep this file in one worker process (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("convert_stylegan2")
+
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CONFIGS = ("stylegan2_cifar32", "stylegan2_paper64")  # conditional (cmap D) / unconditional
 TOL = 1e-4

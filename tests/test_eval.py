@@ -15,6 +15,10 @@ from tfgan_eff.eval import inception as inception_lib
 from tfgan_eff.eval import metrics as m
 from tfgan_eff.io import to_uint8
 
+# Module-scoped fixtures: keep this file in one worker process (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("eval")
+
+
 
 # ---------------------------------------------------------------------------------------
 # FID

@@ -19,6 +19,10 @@ from tfgan_eff.training.runs import load_gan
 from tfgan_eff.training.trainer import Trainer
 from test_training import LINEAR_ADAM
 
+# Module-scoped fixtures: keep this file in one worker process (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("insgen")
+
+
 INSGEN_TERMS = "GAN.terms = [@Adversarial(), @InstanceDiscrimination()]"
 DIFFAUG = ["GAN.augment = @DiffAugment()", "DiffAugment.policy = 'color,translation,cutout'"]
 D_METRICS = ("instance_real_loss", "instance_fake_loss", "instance_accuracy_real",

@@ -27,6 +27,10 @@ from tfgan_eff.training.gan import GAN
 from tfgan_eff.training.trainer import Trainer
 from test_training import LINEAR_ADAM
 
+# Module-scoped fixtures: keep this file in one worker process (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("s3gan")
+
+
 S3GAN_TERMS = "GAN.terms = [@Adversarial(), @RotationTerm(), @ClassifierTerm()]"
 
 

@@ -18,6 +18,10 @@ from tfgan_eff.eval import memorisation as mem
 from tfgan_eff.io import to_uint8
 from tfgan_eff.rng import SampleRNG
 
+# Module-scoped fixtures: keep this file in one worker process (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("study_metrics")
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")
 MNIST_IMAGES = os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")
