@@ -1,5 +1,6 @@
 """Every shipped gin config, gin/base included, parses, builds its GAN (networks, terms,
-augmenter, transfer) and runs one D step and one G step at the sizes of gin/base/tiny.gin."""
+augmenter, transfer) and runs one D step and one G step at the sizes of gin/base/tiny.gin.
+The fast suite steps one config per signature (what code it runs); `-m slow` steps the rest."""
 
 import glob
 import os
@@ -74,7 +75,61 @@ def _source_checkpoint(path, tmp_path):
   return tf.train.Checkpoint(**gan.checkpoint_items()).save(str(tmp_path / "source" / "ckpt"))
 
 
-@pytest.mark.parametrize("path", CONFIGS)
+def _code_paths(path):
+  """What a config runs once shrunk (its signature): the configurables it binds, the
+  references (networks, terms, augmenter, transfer, optimizers) its parameters name, and
+  whether it is conditional, has unlabelled images or mixes precisions. Configs that differ
+  only in numbers and strings (sizes, rates, paths, policies) run the same code at tiny size."""
+  _parse(path)
+  try:
+    paths = {"conditional" if gin.query_parameter("%NUM_CLASSES") > 1 else "unconditional"}
+    for (_, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+      if selector == "gin.macro":
+        continue
+      paths.add(selector)
+      for name, value in params.items():
+        refs = value if isinstance(value, (list, tuple)) else [value]
+        named = [repr(r) for r in refs if isinstance(r, gin.config.ConfigurableReference)]
+        if named and not any(r.startswith("%") for r in named):
+          paths.add(f"{selector}.{name} = {named}")
+    for binding in ("ImageData.label_fraction", "GAN.mixed_precision"):
+      try:
+        paths.add(f"{binding} = {gin.query_parameter(binding)!r}")
+      except ValueError:
+        pass
+    return frozenset(paths)
+  finally:
+    gin.clear_config()
+
+
+def _one_per_code_path(paths):
+  """The first config of each signature runs in the fast suite, the others are marked
+  slow (pytest -m slow runs them all)."""
+  seen, params = set(), []
+  for path in paths:
+    signature = _code_paths(path)
+    params.append(pytest.param(path, marks=[pytest.mark.slow] if signature in seen else []))
+    seen.add(signature)
+  return params
+
+
+def test_configs_that_share_a_signature_differ_only_in_values():
+  """The signature tells apart what differs in code: BigGAN from StyleGAN2, with and without
+  a method, conditional or not."""
+  sigs = {p: _code_paths(p) for p in ("gin/quickstart.gin", "gin/mnist_stylegan2.gin",
+                                      "gin/digits/biggan_digits32_10pct_diffaug.gin",
+                                      "gin/digits/biggan_digits32_10pct_diffaug_insgen.gin",
+                                      "gin/digits/biggan_digits32_unsupervised.gin",
+                                      "gin/stylegan2/stylegan2_ffhq256_2k_ada.gin",
+                                      "gin/stylegan2/stylegan2_ffhq256_10k_ada.gin")}
+  assert len(set(sigs.values())) == 6
+  assert sigs["gin/stylegan2/stylegan2_ffhq256_2k_ada.gin"] == \
+      sigs["gin/stylegan2/stylegan2_ffhq256_10k_ada.gin"]
+  fast = [p for p in _one_per_code_path(CONFIGS) if not p.marks]
+  assert 25 <= len(fast) < len(CONFIGS)
+
+
+@pytest.mark.parametrize("path", _one_per_code_path(CONFIGS))
 def test_config_builds_and_trains_one_tiny_step(path, tmp_path):
   try:
     extra = []

@@ -171,7 +171,7 @@ def test_failed_and_changed_resumes_keep_the_run_and_its_config(tiny_gin, tmp_pa
   before = {f: open(tmp_path / f, "rb").read() for f in ("config.gin", "operative_config.gin")}
   # Another architecture: the resume fails and leaves every file as it was.
   tiny_gin("BigGANDiscriminator.ch = 8")
-  with pytest.raises(checkpoints.CheckpointMismatchError):
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="different architecture"):
     Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=3).train()
   assert {f: open(tmp_path / f, "rb").read() for f in before} == before
   assert sorted(f for f in os.listdir(tmp_path) if f.startswith("config")) == ["config.gin"]

@@ -254,6 +254,11 @@ def _study_cmd(out, *extra):
           f"--out={out}", *extra]
 
 
+# Slow (~3.5 min on 2 cores: seven processes, three traced trainers, real evaluations); the
+# fast suite covers its parts: the runner's resume, skip and prerequisite logic with a stand-in
+# for bin/train (above), the trainer's resume (tests/test_training.py, test_reliability.py)
+# and the study metrics (tests/test_study_metrics.py).
+@pytest.mark.slow
 def test_smoke_study_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
   out = str(tmp_path / "smoke")
   none_dir = os.path.join(out, "cells", "smoke-none-k64-s0")

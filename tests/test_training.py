@@ -14,10 +14,11 @@ import tensorflow as tf
 from conftest import ROOT
 from tfgan_eff import config
 from tfgan_eff import export as export_lib
-from tfgan_eff.training import checkpoints
 from tfgan_eff.training.runs import generate_uint8, load_gan
 from tfgan_eff.training.trainer import Trainer
 
+# Module-scoped fixtures: keep this file in one worker process (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("training")
 
 def _one_device():
   return tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -45,9 +46,13 @@ LINEAR_ADAM = ["g/adam.epsilon = 1.0", "d/adam.epsilon = 1.0", "g/adam.learning_
                "GAN.d_optimizer = @d/adam()"]
 
 
+# Slow (~1.5 min): in the fast suite, the StyleGAN2 trainer's 1-vs-2-replica test
+# (test_stylegan2_training.py), BigGAN's cross-replica batch norm (test_biggan.py) and the
+# 2-replica skip step (test_reliability.py) cover the replica paths.
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], pytest.param(
     ["GAN.terms = [@Adversarial(), @R1Penalty()]", "Adversarial.loss = 'non_saturating'"],
-    marks=pytest.mark.slow, id="r1")])  # R1 on 2 replicas: also the StyleGAN2 test's
+    id="r1")])  # R1 on 2 replicas: also the StyleGAN2 test's
 def test_one_vs_two_replicas_give_the_same_weights(tiny_gin, tmp_path, extra):
   tiny_gin(*LINEAR_ADAM, *extra)
   t1 = Trainer(model_dir=str(tmp_path / "one"), strategy=_one_device(), train_steps=1)
@@ -102,9 +107,20 @@ def test_resume_continues_step_count_loss_curve_and_evaluation(tiny_gin, tmp_pat
     assert f in files
 
 
-def test_checkpoint_holds_every_variable_including_optimizer_slots(tiny_gin, tmp_path):
-  tiny_gin()
-  t = _train(tmp_path, _one_device())
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """Two steps of the tiny config on one device (shared by the tests below: one build)."""
+  path = tmp_path_factory.mktemp("tiny_run")
+  try:
+    gin.clear_config()
+    config.parse([], conftest.TINY, finalize=False)
+    return _train(path, _one_device(), steps=2), path
+  finally:
+    gin.clear_config()
+
+
+def test_checkpoint_holds_every_variable_including_optimizer_slots(tiny_run):
+  t = tiny_run[0]
   saved = tf.train.load_checkpoint(t.manager.latest_checkpoint).get_variable_to_shape_map()
   # + step, best_fid, save_counter
   expected = sum(len(v) for v in t.gan.checkpoint_items().values()) + 3
@@ -149,15 +165,6 @@ def test_periodic_eval_writes_fid_and_keeps_the_best_checkpoint(tiny_gin, tmp_pa
   assert saved.get_tensor("best_fid/.ATTRIBUTES/VARIABLE_VALUE") == pytest.approx(min(fids))
 
 
-def test_checkpoint_of_another_architecture_fails_clearly(tiny_gin, tmp_path):
-  tiny_gin()
-  _train(tmp_path, _one_device())
-  tiny_gin("BigGANDiscriminator.ch = 8")
-  other = Trainer(model_dir=str(tmp_path), strategy=_one_device(), train_steps=2)
-  with pytest.raises(checkpoints.CheckpointMismatchError, match="different architecture"):
-    other.restore()
-
-
 def test_batch_not_divisible_by_replicas(tiny_gin, tmp_path):
   tiny_gin("Trainer.batch_size = 7")
   with pytest.raises(ValueError, match="not divisible by the 2 replicas.*multiple of 2"):
@@ -181,13 +188,11 @@ def test_mismatched_data_and_model_fail_clearly(tiny_gin, tmp_path):
     Trainer(model_dir=str(tmp_path), strategy=_one_device())
 
 
-def test_export_loads_in_a_fresh_process(tiny_gin, tmp_path):
-  tiny_gin()
-  _train(tmp_path, _one_device())
-  gin.clear_config()
+def test_export_loads_in_a_fresh_process(tiny_run, tmp_path):
+  run = tiny_run[1]
   env = {**os.environ, "PYTHONPATH": ROOT}
   subprocess.run([sys.executable, os.path.join(ROOT, "bin", "export"),
-                  f"--model_dir={tmp_path}", f"--export_dir={tmp_path / 'export'}"],
+                  f"--model_dir={run}", f"--export_dir={tmp_path / 'export'}"],
                  check=True, env=env, capture_output=True)
   code = (f"import tensorflow as tf; m = tf.saved_model.load(r'{tmp_path / 'export'}');"
           "x = m.generate(tf.random.normal([3, int(m.z_dim)]), tf.constant([1, 2, 3]));"
@@ -198,17 +203,17 @@ def test_export_loads_in_a_fresh_process(tiny_gin, tmp_path):
                        capture_output=True, text=True).stdout.strip().splitlines()[-1]
   assert out == "uint8 (3, 32, 32, 1) uint8 (2, 32, 32, 1)"
   # The export samples what the checkpoint samples (bin/eval --saved_model relies on it).
-  gan, _ = load_gan(str(tmp_path))
+  gan, _ = load_gan(str(run))
+  gin.clear_config()
   ours = generate_uint8(gan, 10, batch_size=4, seed=7, truncation=0.5)
   exported = export_lib.sampler(str(tmp_path / "export"), truncation_psi=0.5, batch_size=4)
   diff = np.abs(ours.astype(int) - exported(10, 7).astype(int))
   assert diff.max() <= 1 and diff.mean() < 0.01  # equal up to float rounding at .5
 
 
-def test_load_gan_restores_the_ema_generator(tiny_gin, tmp_path):
-  tiny_gin()
-  t = _train(tmp_path, _one_device(), steps=2)
-  gan, step = load_gan(str(tmp_path))
+def test_load_gan_restores_the_ema_generator(tiny_run):
+  t, run = tiny_run
+  gan, step = load_gan(str(run))
   assert step == 2
   for a, b in zip(_weights(t.gan.G_ema), _weights(gan.G_ema)):
     np.testing.assert_array_equal(a, b)
