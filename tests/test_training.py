@@ -20,6 +20,7 @@ from tfgan_eff.training.trainer import Trainer
 # Module-scoped fixtures: keep this file in one worker process (pytest -n 2 --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("training")
 
+
 def _one_device():
   return tf.distribute.OneDeviceStrategy("/cpu:0")
 
