@@ -119,6 +119,9 @@ def parse_args(argv=None):
                       "stylegan2 times whole 16-step cycles, so a multiple of 16")
   p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps per side first (>= 3)")
+  p.add_argument("--jit_compile", default="auto", choices=["auto", "True", "False"],
+                 help="our Trainer.jit_compile (default 'auto', as bin/train: XLA on for "
+                      "BigGAN on one CPU, off for StyleGAN2)")
   p.add_argument("--no_peak", action="store_true", help="skip the matmul peak measurements")
   p.add_argument("--flops_only", action="store_true",
                  help="print the settings, parameter counts and FLOPs per step, and exit (no "
@@ -220,7 +223,7 @@ class Ours:
 
   def step(self):
     if self.fn is None:
-      self.fn = self.trainer._make_train_step()  # pylint: disable=protected-access
+      self.fn = self.trainer._make_train_step(self.it)  # pylint: disable=protected-access
     out = self.fn(self.it, self.tf.constant(False))  # False: no stop signal
     self.tf.nest.map_structure(lambda t: t.numpy(), out)  # wait for the step to finish
 
@@ -666,6 +669,8 @@ def build(args, torch):
     gin_file, bindings = "gin/biggan/biggan_cifar10.gin", biggan_ours_bindings(args)
   else:
     gin_file, bindings = "gin/stylegan2/stylegan2_cifar10.gin", stylegan2_ours_bindings(args)
+  jit = "'auto'" if args.jit_compile == "auto" else args.jit_compile
+  bindings.append(f"Trainer.jit_compile = {jit}")
   cwd = os.getcwd()
   os.chdir(PROJECT)  # gin files and their includes are named relative to the project
   try:
@@ -740,7 +745,8 @@ def main(argv=None):
                    if args.cycle > 1 else "")
         + f", {args.warmup} untimed warm-up steps per side; total {time.perf_counter() - wall0:.0f}"
         f" s")
-  print(f"ours: {ours.gin_file} + {'; '.join(ours.bindings)}")
+  print(f"ours: {ours.gin_file} + {'; '.join(ours.bindings)} (XLA "
+        f"{'on' if ours.trainer.xla else 'off'})")
   print(f"reference: {ref.describe()}")
   print(f"machine: {os.cpu_count()} CPU cores; TF {tf.__version__}, torch {torch.__version__}; "
         f"load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in load_start)} at the start, "

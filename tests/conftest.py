@@ -23,6 +23,9 @@ TINY_OVERLAY = [
     "include 'gin/base/tiny.gin'", "ImageData.source = @Digits()", "CHANNELS = 1",
     "ImageData.num_images = 64", "ImageData.data_fraction = 1.0", "ImageData.random_flip = False",
     "Trainer.log_every = 1000", "Trainer.train_steps = 1",
+    # XLA compiles a tiny BigGAN step for minutes here; test_xla.py checks XLA, and
+    # what jit_compile='auto' chooses.
+    "Trainer.jit_compile = False",
 ]
 # The tiny config of the training tests: the quickstart so shrunk, EMA 0.9 from the start.
 TINY = ["include 'gin/quickstart.gin'", *TINY_OVERLAY, "GAN.ema_decay = 0.9",

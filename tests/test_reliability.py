@@ -265,7 +265,8 @@ def test_a_model_dir_that_is_a_file_is_rejected(tiny_gin, tmp_path):
 TINY_CLI = ["--gin_file=gin/quickstart.gin", "--gin_param=Trainer.batch_size = 8",
             "--gin_param=BigGANGenerator.ch = 4", "--gin_param=BigGANDiscriminator.ch = 4",
             "--gin_param=Trainer.eval_every = 0", "--gin_param=Trainer.image_every = 100000",
-            "--gin_param=Trainer.num_samples_grid = 4", "--gin_param=Trainer.log_every = 1"]
+            "--gin_param=Trainer.num_samples_grid = 4", "--gin_param=Trainer.log_every = 1",
+            "--gin_param=Trainer.jit_compile = False"]  # a few steps: compiling costs more
 
 
 def _train_cmd(model_dir, *extra):

@@ -274,9 +274,10 @@ def main(argv):
     per_step = (trainer.gan.disc_iters + 1) * trainer.batch_size
     it = iter(trainer.strategy.distribute_datasets_from_function(
         trainer.data.dataset_fn(trainer.batch_size)))
-    step = trainer._make_train_step()  # pylint: disable=protected-access
+    step = trainer._make_train_step(it)  # pylint: disable=protected-access
     run_ = {"name": name, "step": step, "it": it, "times": [], "per_step": per_step,
-            "replicas": trainer.strategy.num_replicas_in_sync, "flops": None}
+            "replicas": trainer.strategy.num_replicas_in_sync, "flops": None,
+            "xla": "on" if trainer.xla else "off"}
     if FLAGS.flops:
       cost = perf.step_cost(trainer, it)
       run_.update(flops=cost["flops"], lower_bound=cost["lower_bound"], conv=cost["conv"])
@@ -308,7 +309,7 @@ def main(argv):
           + (f", conv {conv[0]} * {conv[1]} {peak['conv']:.1f} GFLOP/s" if conv else ""))
   base = float(np.median(runs[0]["times"]))
   print(f"{'variant':<16}{'step s (median)':>16}{'min':>9}{'max':>9}{'img/s':>9}"
-        f"{'ratio':>8}{'GFLOP/step':>12}{'GFLOP/s':>9}{'of peak':>9}{'replicas':>9}")
+        f"{'ratio':>8}{'GFLOP/step':>12}{'GFLOP/s':>9}{'of peak':>9}{'replicas':>9}{'XLA':>5}")
   for r in runs:
     med = float(np.median(r["times"]))
     flops = ""
@@ -320,7 +321,7 @@ def main(argv):
     else:
       flops = f"{'-':>12}{'-':>9}{'-':>9}"
     print(f"{r['name']:<16}{med:>16.4f}{min(r['times']):>9.4f}{max(r['times']):>9.4f}"
-          f"{r['per_step'] / med:>9.1f}{med / base:>8.3f}{flops}{r['replicas']:>9}")
+          f"{r['per_step'] / med:>9.1f}{med / base:>8.3f}{flops}{r['replicas']:>9}{r['xla']:>5}")
   if any(r.get("lower_bound") for r in runs):
     print("(>=: the step has conditionals, e.g. lazy R1 / path length, whose FLOPs the "
           "profiler does not count)")

@@ -31,6 +31,12 @@ from tfgan_eff.training.errors import DivergenceError, TrainingInterrupted
 from tfgan_eff.training.gan import GAN
 
 
+# Op types XLA:CPU runs far slower than TF's kernels: the depthwise convolutions of
+# StyleGAN2's FIR resampling filters made its steps ~13x slower (docs/performance.md).
+XLA_CPU_SLOW_OPS = frozenset({"DepthwiseConv2dNative", "DepthwiseConv2dNativeBackpropInput",
+                              "DepthwiseConv2dNativeBackpropFilter"})
+
+
 @gin.configurable
 def make_strategy(kind="auto", tpu_address=None):
   """Builds the tf.distribute strategy.
@@ -198,9 +204,14 @@ class Trainer:
       or ADA state changes; each skip is logged with its metric and counted in TensorBoard
       as `metrics/skipped_updates`; after `MAX_CONSECUTIVE_SKIPS` steps in a row with a
       skip the run stops as with 'stop').
-    jit_compile: compile each D and G step with XLA (the input iterator stays outside).
-      Off by default: on the CPUs measured (docs/performance.md) XLA was slower, and it
-      compiles for minutes; try it on GPUs and TPUs.
+    jit_compile: compile each D and G step with XLA (the input iterator stays outside):
+      True, False, or 'auto' (the default): on exactly where it was measured faster, i.e.
+      one CPU replica, float32, and a step without depthwise convolutions (BigGAN with any
+      method: 1.09-1.25x on the quickstart, docs/performance.md); off for StyleGAN2 (its
+      resampling filters are depthwise convolutions, ~13x slower under XLA:CPU), several
+      CPU replicas (which XLA cannot compile), mixed precision and GPUs (not measured
+      here: set True to try). The choice and its reason are logged when training starts;
+      compiling adds ~20-40 s then.
 
   SIGTERM or SIGINT (a preempted VM, Slurm, Kubernetes, Ctrl-C) finishes the current step,
   saves a checkpoint and raises `TrainingInterrupted` (bin/train exits 128 + signal).
@@ -209,7 +220,7 @@ class Trainer:
   def __init__(self, model_dir=gin.REQUIRED, data=gin.REQUIRED, train_steps=1000,
                batch_size=64, log_every=10, summary_every=25, image_every=250,
                checkpoint_every=500, keep_checkpoints=3, num_samples_grid=64,
-               eval_every=0, evaluator=None, on_nonfinite="stop", jit_compile=False,
+               eval_every=0, evaluator=None, on_nonfinite="stop", jit_compile="auto",
                strategy=None):
     # Every setting is checked before any data or model work (one line each).
     check_model_dir(model_dir)
@@ -227,10 +238,14 @@ class Trainer:
     if on_nonfinite not in ("stop", "skip_step"):
       raise ValueError(f"Trainer.on_nonfinite must be 'stop' or 'skip_step', got "
                        f"{on_nonfinite!r}.")
+    if not any(jit_compile is v for v in (True, False)) and jit_compile != "auto":
+      raise ValueError(f"Trainer.jit_compile must be True, False or 'auto', got "
+                       f"{jit_compile!r}.")
     if data is None:
       raise ValueError("Trainer.data is None; set it, e.g. Trainer.data = @ImageData().")
     self.on_nonfinite = on_nonfinite
     self.jit_compile = jit_compile
+    self.xla = None  # whether the steps are XLA-compiled, once train() has resolved 'auto'
     self.model_dir = os.path.expanduser(model_dir)
     self.data = data
     self.train_steps, self.batch_size = train_steps, batch_size
@@ -242,7 +257,7 @@ class Trainer:
     log_devices(self.strategy)
     n = self.strategy.num_replicas_in_sync
     devices = self.strategy.extended.worker_devices
-    if jit_compile and len(devices) > 1 and all("CPU" in d.upper() for d in devices):
+    if jit_compile is True and len(devices) > 1 and all("CPU" in d.upper() for d in devices):
       names = ", ".join(d.split("device:")[-1] for d in devices)
       raise ValueError(
           f"Trainer.jit_compile=True with {len(devices)} replicas on CPU devices "
@@ -310,13 +325,49 @@ class Trainer:
           f"{self.data.num_classes}; {fix}.")
 
   # -- steps ------------------------------------------------------------------------------
-  def _make_train_step(self):
+  def _make_train_step(self, iterator):
+    """The training step function, XLA-compiled or not as `jit_compile` resolves (logged);
+    'auto' traces the plain step on `iterator`'s element spec (no batch is consumed)."""
+    if self.jit_compile != "auto":
+      self.xla = self.jit_compile
+      return self._train_step_fn(self.xla)
+    plain = self._train_step_fn(False)
+    self.xla, why = self._xla_pays_off(plain, iterator)
+    logging.info("XLA (Trainer.jit_compile='auto') %s: %s.", "on" if self.xla else "off", why)
+    return self._train_step_fn(True) if self.xla else plain
+
+  def _xla_pays_off(self, plain_step, iterator):
+    """-> (whether to compile the steps with XLA, why), by the measurements of
+    docs/performance.md: only one float32 CPU replica whose step has no op that XLA:CPU
+    runs much slower than TF's kernels."""
+    devices = self.strategy.extended.worker_devices
+    if self.strategy.num_replicas_in_sync > 1:
+      return False, (f"{self.strategy.num_replicas_in_sync} replicas (XLA cannot compile "
+                     f"several CPU replicas here and is unmeasured on several GPUs; set "
+                     f"Trainer.jit_compile=True to try it on GPUs)")
+    if not all("CPU" in d.upper() for d in devices):
+      return False, (f"not measured on {devices[0].split('device:')[-1]} (set "
+                     f"Trainer.jit_compile=True to try it)")
+    if self.gan.mixed_precision:
+      return False, f"{self.gan.mixed_precision} is not measured with XLA on CPUs"
+    graph = plain_step.get_concrete_function(iterator, tf.constant(False)).graph
+    ops = {op.type for op in graph.get_operations()}
+    for f in graph.as_graph_def().library.function:
+      ops.update(n.op for n in f.node_def)
+    slow = sorted(ops & XLA_CPU_SLOW_OPS)
+    if slow:
+      return False, (f"the step has {', '.join(slow)} ops, which XLA:CPU runs far slower than "
+                     f"TF's kernels (StyleGAN2's resampling filters: 13x slower steps)")
+    return True, ("one float32 CPU replica, no depthwise convolutions (BigGAN with any method "
+                  "measured 1.09-1.25x faster); compiling takes ~20-40 s")
+
+  def _train_step_fn(self, jit_compile):
     gan, strategy = self.gan, self.strategy
     # Functions of their own: the disc_iters D steps call one traced D step (traced once,
     # not once per D step), and with jit_compile XLA compiles the step math while the
     # iterator stays outside.
-    d_step = tf.function(gan.d_step, jit_compile=self.jit_compile or None, autograph=False)
-    g_step = tf.function(gan.g_step, jit_compile=self.jit_compile or None, autograph=False)
+    d_step = tf.function(gan.d_step, jit_compile=jit_compile or None, autograph=False)
+    g_step = tf.function(gan.g_step, jit_compile=jit_compile or None, autograph=False)
 
     @functools.partial(tf.function, autograph=False)
     def train_step(iterator, stop):
@@ -411,7 +462,7 @@ class Trainer:
     dataset = self.strategy.distribute_datasets_from_function(
         self.data.dataset_fn(self.batch_size, start_sample=start * per_step))
     iterator = iter(dataset)
-    train_step = self._make_train_step()
+    train_step = self._make_train_step(iterator)
     writer = tf.summary.create_file_writer(
         os.path.join(self.model_dir, "train") if self.is_chief else
         _scratch_dir("tfgan_eff-summaries-"))
@@ -538,8 +589,9 @@ class Trainer:
       eta = (self.train_steps - step) * step_time
       shown = " ".join(f"{k} {float(v):.3f}" for k, v in sorted(metrics.items())
                        if k in ("d_loss", "g_loss", "ada_p", "r1_penalty"))
-      logging.info("step %d/%d | %.1f img/s | %.3f s/step | ETA %s | %s", step,
-                   self.train_steps, per_step / step_time, step_time,
+      speed = (f"{per_step / step_time:.1f} img/s | {step_time:.3f} s/step" if times else
+               "first step: timed from the next (it traces, and compiles with XLA)")
+      logging.info("step %d/%d | %s | ETA %s | %s", step, self.train_steps, speed,
                    time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?",
                    shown)
     if step % self.image_every == 0 or last:
