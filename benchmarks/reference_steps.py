@@ -685,11 +685,12 @@ def build(args, torch):
 def main(argv=None):
   args = parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  # Our side as bin/train runs it: TF's BFC CPU allocator (tfgan_eff/cli/entry.py sets it for
-  # every tool; without it TF's default allocator faults its buffers in again every step).
-  # TF_ENABLE_ONEDNN_OPTS stays TF's default unless set (torch uses oneDNN on any x86 CPU,
-  # TF 2.21 only on AVX-512 ones): the output names both settings.
+  # Our side as bin/train runs it (tfgan_eff/cli/entry.py sets both for every tool): TF's BFC
+  # CPU allocator (without it TF's default allocator faults its buffers in again every step)
+  # and TF's oneDNN kernels (TF 2.21 turns them on by itself only on AVX-512 CPUs; torch uses
+  # oneDNN on any x86 CPU). The user's settings win; the output names both.
   os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "1")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
   tf, torch = set_threads(args)
   import tfgan_eff.configurables  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   load_start = os.getloadavg()

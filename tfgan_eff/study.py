@@ -414,11 +414,7 @@ def train_cell(out, cell, threads=None, weights_dir=None):
   atomic_write(info_path, json.dumps(
       {"spec": cell.spec(), "status": "training", "command": cmd,
        "seconds": previous.get("seconds", 0.0)}, indent=2))
-  env = dict(os.environ)
-  # The same kernels on every machine a study runs on: TF turns its oneDNN kernels on by
-  # default only on AVX-512 CPUs, so cells of one study could otherwise run on different
-  # convolution code (and on an AVX2-only machine 1.75x slower: docs/performance.md).
-  env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+  env = dict(os.environ)  # bin/train turns TF's oneDNN kernels on (cli/entry.py)
   if threads:
     env["TF_NUM_INTRAOP_THREADS"] = str(threads)
     env["TF_NUM_INTEROP_THREADS"] = "1"
