@@ -1,10 +1,10 @@
 """XLA (`Trainer.jit_compile`): what 'auto' chooses, and (slow) that the compiled D and G
 steps give the weights of the uncompiled ones, for each backbone and method family.
 
-The comparisons are slow: on this 2-core CPU XLA compiles a tiny BigGAN G step in minutes. XLA:CPU's
-transcendental approximations (tanh, exp) and its reduction order make the weights differ
-by about 1-3% of one step's update, so the check is relative to the largest change one step
-makes to any weight of G, D or G_ema.
+The comparisons are slow: on this 2-core CPU XLA compiles a tiny BigGAN G step in minutes.
+XLA:CPU's transcendental approximations (tanh, exp) and its reduction order make the weights
+differ by about 1-3% of one step's update, so the check is relative to the largest change
+one step makes to any weight of G, D or G_ema.
 """
 
 import numpy as np
