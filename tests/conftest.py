@@ -4,6 +4,10 @@ and a tiny gin configuration shared by the training tests."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One kernel choice for the test process and every tool it starts: the tools turn oneDNN on
+# (cli/entry.py) unless it is set, and a test that imports a tool module would otherwise
+# leave subprocesses started later on other kernels than this process (other rounding).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import gin  # noqa: E402
 import pytest  # noqa: E402
