@@ -64,7 +64,17 @@ def test_aggregate_round_trips_through_csv(tmp_path):
   rows2 = rows + [_row("aug", 2, st, 40.0) for st in (100, 200)]
   rows2 += [_row("none", 2, st, 25.0) for st in (100, 200)]
   agg2 = study.aggregate(rows2)
-  assert not study.compare(agg2[("g", "k100", "aug")], agg2[("g", "k100", "none")])["separated"]
+  c2 = study.compare(agg2[("g", "k100", "aug")], agg2[("g", "k100", "none")])
+  assert c2["separated"] is False
+  # One seed against three: no spread to compare, whatever the distance.
+  one = study.aggregate([r for r in rows if r["method"] == "none" or r["seed"] == 0] +
+                        [_row("none", 2, st, 25.0) for st in (100, 200)])
+  c1 = study.compare(one[("g", "k100", "aug")], one[("g", "k100", "none")])
+  assert c1["separated"] is None and c1["outside"]
+  grid.comparisons = [["aug", "none"]]
+  md1 = study.markdown(one, [grid])
+  assert "no spread to compare (it lies outside the other side's range)" in md1
+  assert "seed ranges overlap" not in md1
 
 
 def test_grid_cells_and_names():
@@ -81,6 +91,14 @@ def test_grid_cells_and_names():
     study.Grid(name="a b", gin_files=[], methods={"x": []})
   with pytest.raises(ValueError, match="not one of its methods"):
     study.Grid(name="a", gin_files=[], methods={"x": []}, baseline="y")
+  # data_methods: the k1000 size runs only "none"; k100 runs both.
+  g2 = study.Grid(name="sg", gin_files=[], methods={"none": [], "aug": []},
+                  data={"k100": [], "k1000": []}, data_methods={"k1000": ["none"]})
+  assert [c.name for c in g2.cells()] == ["sg-none-k100-s0", "sg-aug-k100-s0",
+                                          "sg-none-k1000-s0"]
+  with pytest.raises(ValueError, match="data_methods"):
+    study.Grid(name="a", gin_files=[], methods={"x": []}, data={"k1": []},
+               data_methods={"k1": ["y"]})
 
 
 def test_changed_spec_is_refused_before_any_work(tmp_path):

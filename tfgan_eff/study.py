@@ -107,6 +107,8 @@ class Grid:
     seeds: training seeds, bound as the macro SEED.
     data_seeds: {data name: seeds} for data sizes that use other seeds (e.g. fewer for the
       expensive ones).
+    data_methods: {data name: method names} for data sizes that run only some methods (e.g.
+      a follow-up ablation at the small size only); other data sizes run every method.
     bindings: gin bindings of every cell (after gin_files, before data and method).
     seed_bindings: what a seed changes (default: `GAN.seed = %SEED`, i.e. initial weights,
       latents and augmentation; the data subset stays fixed).
@@ -123,7 +125,8 @@ class Grid:
 
   def __init__(self, name=gin.REQUIRED, gin_files=gin.REQUIRED, methods=gin.REQUIRED,
                data=None, seeds=(0,), bindings=(), seed_bindings=("GAN.seed = %SEED",),
-               baseline=None, comparisons=(), data_seeds=None, after=(), scored=True):
+               baseline=None, comparisons=(), data_seeds=None, data_methods=None, after=(),
+               scored=True):
     for kind, names in (("grid", [name]), ("method", list(methods)),
                         ("data", list(data or {}))):
       bad = [n for n in names if not _NAME.match(str(n))]
@@ -144,6 +147,13 @@ class Grid:
     if unknown:
       raise ValueError(f"Grid '{name}': data_seeds names {unknown}, not among its data "
                        f"{list(self.data)}.")
+    self.data_methods = {k: tuple(v) for k, v in (data_methods or {}).items()}
+    unknown = [k for k in self.data_methods if k not in self.data]
+    unknown_m = [m for v in self.data_methods.values() for m in v if m not in self.methods]
+    if unknown or unknown_m:
+      raise ValueError(f"Grid '{name}': data_methods names data {unknown} / methods "
+                       f"{unknown_m}, not among its data {list(self.data)} and methods "
+                       f"{list(self.methods)}.")
     self.bindings = tuple(bindings)
     self.seed_bindings = tuple(seed_bindings)
     self.baseline = baseline or next(iter(self.methods))
@@ -160,6 +170,8 @@ class Grid:
     for data, data_b in self.data.items():
       for seed in self.data_seeds.get(data, self.seeds):
         for method, method_b in self.methods.items():
+          if method not in self.data_methods.get(data, self.methods):
+            continue
           out.append(Cell(self.name, method, data, seed, self.gin_files,
                           tuple(extra) + self.bindings + data_b + method_b + (f"SEED = {seed}",) +
                           self.seed_bindings))
@@ -820,14 +832,28 @@ def aggregate(rows):
 
 
 def compare(a, b, key="best_fid"):
-  """Method a against reference b: ratio of means and whether the seed ranges separate."""
+  """Method a against reference b: ratio of means and whether the seed ranges separate.
+
+  "separated" is None when either side has a single seed (no spread to compare); then
+  "outside" tells whether that one value lies outside the other side's seed range.
+  """
   sa, sb = a.get(key), b.get(key)
   if not sa or not sb:
     return None
-  separated = sa["max"] < sb["min"] or sa["min"] > sb["max"]
+  apart = sa["max"] < sb["min"] or sa["min"] > sb["max"]
+  spread = sa["n"] > 1 and sb["n"] > 1
   return {"ratio": sa["mean"] / sb["mean"], "diff": sa["mean"] - sb["mean"],
-          "separated": bool(separated and sa["n"] > 1 and sb["n"] > 1),
+          "separated": bool(apart) if spread else None,
+          "outside": bool(apart),
           "better": sa["mean"] < sb["mean"]}
+
+
+def _separation(c):
+  """The comparison line's verdict on the seed spread."""
+  if c["separated"] is None:
+    return (f"one seed on a side, so no spread to compare (it lies "
+            f"{'outside' if c['outside'] else 'inside'} the other side's range)")
+  return f"seed ranges {'separate' if c['separated'] else 'overlap'}"
 
 
 def _pm(s, scale=1.0, digits=1):
@@ -850,7 +876,8 @@ def markdown(agg, grids, title="Study"):
            "images: in brackets). *gap t−h*: D's "
            "mean logit on its training reals minus on unseen reals; *gap r−f*: training reals "
            "minus fakes (final checkpoint, no augmentation). *vs base*: ratio of mean best "
-           "FID to the baseline; *sep.*: the seed ranges (min–max) do not overlap.", ""]
+           "FID to the baseline; *sep.*: the seed ranges (min–max) do not overlap (–: one "
+           "seed on a side, no spread).", ""]
   for g in grids:
     keys = [k for k in agg if k[0] == g.name]
     if not keys:
@@ -873,7 +900,8 @@ def markdown(agg, grids, title="Study"):
         memo = _pm(a["final_memorisation_rate"], 1, 3)
         if a["final_real_memorisation_rate"]:
           memo += f" [{_pm(a['final_real_memorisation_rate'], 1, 3)}]"
-        separated = ("yes" if c["separated"] else "no") if c else "–"
+        separated = ("–" if c["separated"] is None else
+                     "yes" if c["separated"] else "no") if c else "–"
         leak = (f"{_pm(a['final_leak_any'], 100, 1)}% [{_pm(a['final_real_leak_any'], 100, 1)}%]"
                 if a["final_leak_any"] else "–")
         lines.append(
@@ -905,8 +933,7 @@ def markdown(agg, grids, title="Study"):
         c = compare(a, b) if a and b else None
         if c:
           extra.append(f"- {m} vs {ref}: best FID {_pm(a['best_fid'])} vs {_pm(b['best_fid'])}"
-                       f" ({c['ratio']:.2f}×, {c['diff']:+.1f}); seed ranges "
-                       f"{'separate' if c['separated'] else 'overlap'}.")
+                       f" ({c['ratio']:.2f}×, {c['diff']:+.1f}); {_separation(c)}.")
       if extra:
         lines += ["", *extra]
       lines.append("")
