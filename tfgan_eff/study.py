@@ -9,6 +9,8 @@ A study spec is a gin file (`studies/*.gin`; gin is the one config system):
     stylegan2/Grid.methods = {'none': [], 'diffaug': ["GAN.augment = @DiffAugment()", ...]}
     stylegan2/Grid.data = {'k100': ['NUM_IMAGES = 100'], 'k1000': ['NUM_IMAGES = 1000']}
     stylegan2/Grid.seeds = [0, 1, 2]                  # bound as the macro SEED
+    stylegan2/Grid.data_seeds = {'k1000': [0, 1]}     # fewer seeds at a costly size
+    stylegan2/Grid.data_methods = {'k1000': ['none', 'diffaug']}  # some methods only
     StudyEval.reference = @reference/ImageData()      # the true distribution
     StudyEval.feature_extractor = 'mnist'
 
