@@ -264,7 +264,9 @@ def test_every_spec_parses_and_every_cell_config_builds(spec):
   finally:
     gin.clear_config()
   if spec == "augment_mnist.gin":
-    assert len(s.cells) == 6 * 3 + 6 * 2 + 2 * 3  # k1000 at 2 seeds
+    # k100: 8 methods x 3 seeds; k1000: 6 methods (no ada_linear*) x 2 seeds; BigGAN 2 x 3.
+    assert len(s.cells) == 8 * 3 + 6 * 2 + 2 * 3
+    assert not [c for c in s.cells if c.data == "k1000" and "linear" in c.method]
 
 
 def _study_cmd(out, *extra):

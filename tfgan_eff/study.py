@@ -853,7 +853,7 @@ def compare(a, b, key="best_fid"):
 def _separation(c):
   """The comparison line's verdict on the seed spread."""
   if c["separated"] is None:
-    return (f"one seed on a side, so no spread to compare (it lies "
+    return ("one seed on a side, so no spread to compare (it lies "
             f"{'outside' if c['outside'] else 'inside'} the other side's range)")
   return f"seed ranges {'separate' if c['separated'] else 'overlap'}"
 
