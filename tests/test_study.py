@@ -155,6 +155,54 @@ def test_a_cell_without_checkpoints_sets_its_old_rows_aside_when_it_retrains(tmp
   assert study.cell_status(str(tmp_path), c) == "done"
 
 
+def test_status_reads_each_cells_state_step_speed_and_scores(tmp_path):
+  spec = tmp_path / "spec.gin"
+  spec.write_text("Study.grids = [@g/Grid()]\n"
+                  "g/Grid.name = 'sg'\n"
+                  "g/Grid.gin_files = ['gin/x.gin']\n"
+                  "g/Grid.bindings = ['Trainer.train_steps = 100']\n"
+                  "g/Grid.methods = {'none': [], 'aug': ['A = 1'], 'odd': ['B = 1']}\n"
+                  "g/Grid.seeds = [0, 1]\n")
+  out = str(tmp_path / "out")
+  cells = {c.name: c for c in study.load_spec(str(spec)).cells}
+
+  def make(name, status, spec=None, ckpts=(), log=None, fids=()):
+    d = study.cell_dir(out, cells[name])
+    os.makedirs(os.path.join(d, "checkpoints"))
+    with open(os.path.join(d, "cell.json"), "w") as f:
+      json.dump({"spec": spec or cells[name].spec(), "status": status, "seconds": 12.0}, f)
+    for s in ckpts:
+      open(os.path.join(d, "checkpoints", f"ckpt-{s}.index"), "w").close()
+    if log:
+      with open(os.path.join(d, "train.log"), "w") as f:
+        f.write(log)
+    with open(os.path.join(d, study.EVAL_FILE), "w") as f:
+      for step, fid in fids:
+        f.write(json.dumps({"step": step, "fid": fid}) + "\n")
+
+  make("sg-none-all-s0", "done", ckpts=(50, 100), fids=((50, 9.0), (100, 7.5)))
+  make("sg-aug-all-s0", "training", ckpts=(25, 40),
+       log="I trainer.py] step 20/100 | 64.0 img/s | 0.500 s/step | ETA 00:00:40 | d_loss 1\n"
+           "I trainer.py] step 40/100 | 32.0 img/s | 1.000 s/step | ETA 00:01:00 | d_loss 1\n"
+           "train: Interrupted by SIGTERM at step 40\n", fids=((25, 30.0),))
+  make("sg-odd-all-s0", "done", spec={"other": 1})
+  rows = {r["cell"]: r for r in study.status(str(spec), out)}
+  assert list(rows) == list(cells)  # the spec's order
+  done, part, odd, new = (rows["sg-none-all-s0"], rows["sg-aug-all-s0"], rows["sg-odd-all-s0"],
+                          rows["sg-none-all-s1"])
+  assert (done["state"], done["step"], done["left"], done["scored"], done["best_fid"]) == (
+      "done", 100, 0.0, 2, 7.5)
+  assert (part["state"], part["step"], part["horizon"], part["s_per_step"]) == (
+      "partial", 40, 100, 1.0)
+  assert part["left"] == 60.0 and part["best_fid"] == 30.0 and part["trained_seconds"] == 12.0
+  assert odd["state"] == "mismatch"
+  assert (new["state"], new["step"], new["left"], new["best_fid"]) == ("new", 0, None, None)
+  text = study.format_status(list(rows.values()))
+  assert "1 done, 1 partial, 3 new, 1 mismatch of 6 cells" in text
+  assert "need 1m00s of cell time" in text
+  assert len(study.status(str(spec), out, only="aug")) == 2
+
+
 def test_weights_dir_keeps_the_weights_outside_the_cell_and_resumes_from_them(tmp_path,
                                                                            monkeypatch):
   c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []},

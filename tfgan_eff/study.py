@@ -461,6 +461,84 @@ def stop_children():
       p.terminate()
 
 
+_LOGGED_STEP = re.compile(r"step (\d+)/(\d+) \| [\d.]+ img/s \| ([\d.]+) s/step")
+
+
+def _last_logged_speed(model_dir):
+  """The step and s/step of the newest progress line of the cell's train.log, or None."""
+  try:
+    with open(os.path.join(model_dir, "train.log"), errors="replace") as f:
+      lines = f.readlines()[-400:]
+  except OSError:
+    return None
+  for line in reversed(lines):
+    m = _LOGGED_STEP.search(line)
+    if m:
+      return int(m.group(1)), float(m.group(3))
+  return None
+
+
+def status(spec_path, out, params=(), only=None):
+  """Where each cell of the study stands; -> rows (dicts), in the spec's order.
+
+  state: 'done', 'partial' (started; resumes from `step`), 'new', or 'mismatch' (its folder
+  holds another configuration). `step`: the newest checkpoint; `horizon`: the cell's
+  Trainer.train_steps; `s_per_step`: the speed of its last logged steps; `left`: the seconds
+  the rest of its steps take at that speed; `scored`/`best_fid`: the evaluations on file (any
+  protocol; a partial cell's too, from `--notrain`). Reads files only: trains and scores
+  nothing."""
+  study = load_spec(spec_path, params)
+  rows = []
+  for c in study.cells:
+    if only and not re.search(only, c.name):
+      continue
+    d = cell_dir(out, c)
+    try:
+      state = cell_status(out, c)
+    except ValueError:
+      state = "mismatch"
+    steps = list(_checkpoint_steps(d))
+    step = steps[-1] if steps else 0
+    horizon = _horizon(c.spec())
+    evals = [r for r in _read_jsonl(os.path.join(d, EVAL_FILE)) if r.get("fid") is not None]
+    speed = _last_logged_speed(d)
+    s_per_step = speed[1] if speed else None
+    left = None
+    if state == "done":
+      step, left = horizon or step, 0.0
+    elif s_per_step and horizon:
+      left = max(0, horizon - step) * s_per_step
+    seconds = 0.0
+    if os.path.exists(os.path.join(d, CELL_FILE)):
+      with open(os.path.join(d, CELL_FILE)) as f:
+        seconds = json.load(f).get("seconds", 0.0)
+    rows.append({"cell": c.name, "state": state, "step": step, "horizon": horizon,
+                 "s_per_step": s_per_step, "left": left, "trained_seconds": seconds,
+                 "scored": len({r["step"] for r in evals}),
+                 "best_fid": min((r["fid"] for r in evals), default=None)})
+  return rows
+
+
+def format_status(rows):
+  """`status` rows as a plain-text table, with totals."""
+  lines = [f"{'cell':<44} {'state':<8} {'step':>13} {'s/step':>7} {'left':>7} "
+           f"{'scored':>6} {'best FID':>8}"]
+  for r in rows:
+    at = f"{r['step']}/{r['horizon'] or '?'}"
+    speed = f"{r['s_per_step']:.2f}" if r["s_per_step"] else "-"
+    left = "-" if r["state"] == "done" else _fmt_duration(r["left"])
+    best = f"{r['best_fid']:.1f}" if r["best_fid"] is not None else "-"
+    lines.append(f"{r['cell']:<44} {r['state']:<8} {at:>13} {speed:>7} {left:>7} "
+                 f"{r['scored']:>6} {best:>8}")
+  counts = [f"{sum(r['state'] == k for r in rows)} {k}"
+            for k in ("done", "partial", "new", "mismatch")
+            if k != "mismatch" or any(r["state"] == k for r in rows)]
+  known = [r["left"] for r in rows if r["state"] == "partial" and r["left"] is not None]
+  lines.append(f"{', '.join(counts)} of {len(rows)} cells; the partial ones with a logged "
+               f"speed need {_fmt_duration(sum(known))} of cell time at it.")
+  return "\n".join(lines)
+
+
 # -- evaluation ------------------------------------------------------------------------------
 
 def _checkpoint_steps(model_dir):

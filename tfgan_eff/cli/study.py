@@ -3,6 +3,7 @@
   bin/study --spec=studies/augment_mnist.gin --out=runs/augment_mnist            # train + eval
   bin/study --spec=studies/augment_mnist.gin --out=runs/augment_mnist --jobs=2   # 2 cells at once
   bin/study --spec=studies/augment_mnist.gin --out=runs/augment_mnist --notrain  # report so far
+  bin/study --spec=studies/augment_mnist.gin --out=runs/augment_mnist --status   # cell by cell
   bin/study ... --out=docs/studies/augment_mnist --weights_dir=/scratch/augment_mnist
       # results in --out (fit for git), the cells' weights on a scratch disk
 
@@ -35,6 +36,9 @@ flags.DEFINE_string("weights_dir", None, "Keep the cells' checkpoints, best/ and
                     "logs in <weights_dir>/<cell>/ (linked from the cell folders), e.g. on a "
                     "scratch disk, so that --out holds only results (default: in the cells).")
 flags.DEFINE_bool("evaluate", True, "Evaluate and report (--noevaluate: train only).")
+flags.DEFINE_bool("status", False, "Only print where each cell stands (done / partial at "
+                  "step N / new, its recent speed and time left, its evaluations so far); "
+                  "trains and scores nothing.")
 flags.mark_flags_as_required(["spec", "out"])
 FLAGS = flags.FLAGS
 
@@ -53,6 +57,13 @@ def main(argv):
     del frame
     raise KeyboardInterrupt(f"signal {signum}")
 
+  if FLAGS.status:
+    try:
+      print(study.format_status(study.status(FLAGS.spec, FLAGS.out, FLAGS.gin_param,
+                                             FLAGS.only)))
+    except ValueError as e:
+      sys.exit(f"bin/study: {e}")
+    return
   signal.signal(signal.SIGTERM, on_term)
   try:
     study.run(FLAGS.spec, FLAGS.out, jobs=FLAGS.jobs, params=FLAGS.gin_param,
