@@ -201,6 +201,8 @@ def test_status_reads_each_cells_state_step_speed_and_scores(tmp_path):
   assert "1 done, 1 partial, 3 new, 1 mismatch of 6 cells" in text
   assert "need 1m00s of cell time" in text
   assert len(study.status(str(spec), out, only="aug")) == 2
+  with pytest.raises(ValueError, match="No cell"):
+    study.status(str(spec), out, only="nothing")
 
 
 def test_weights_dir_keeps_the_weights_outside_the_cell_and_resumes_from_them(tmp_path,

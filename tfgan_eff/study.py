@@ -516,6 +516,8 @@ def status(spec_path, out, params=(), only=None):
                  "s_per_step": s_per_step, "left": left, "trained_seconds": seconds,
                  "scored": len({r["step"] for r in evals}),
                  "best_fid": min((r["fid"] for r in evals), default=None)})
+  if not rows:
+    raise ValueError(f"No cell of '{spec_path}' matches --only='{only}'.")
   return rows
 
 
