@@ -359,3 +359,40 @@ def test_insgen_one_vs_two_replicas_give_the_same_weights(tiny_gin, tmp_path):
   s1, s2 = conftest.scalars(str(tmp_path / "one")), conftest.scalars(str(tmp_path / "two"))
   for k in D_METRICS + G_METRICS:
     assert s1[k] == pytest.approx(s2[k], rel=1e-3, abs=1e-5), k
+
+
+def _load_reference_tool():
+  import importlib.util
+  path = os.path.join(ROOT, "tools", "insgen_reference.py")
+  spec = importlib.util.spec_from_file_location("insgen_reference", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _fake_reference(root, tool, drop=None):
+  """A tree holding each patched line as often as the tool expects (one fewer for `drop`)."""
+  texts = {}
+  for path, old, _new, times in tool.PATCHES:
+    texts.setdefault(path, "")
+    texts[path] += old * (times - (old == drop)) + "\nkeep = 1\n"
+  for path, text in texts.items():
+    os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
+    with open(os.path.join(root, path), "w") as f:
+      f.write(text)
+
+
+def test_reference_tool_patches_exactly_and_refuses_a_changed_reference(tmp_path):
+  tool = _load_reference_tool()
+  _fake_reference(str(tmp_path / "ok"), tool)
+  tool.prepare(str(tmp_path / "ok"), str(tmp_path / "ok_cpu"))
+  loop = (tmp_path / "ok_cpu" / "training" / "training_loop.py").read_text()
+  assert "torch.device('cpu')" in loop and "torch.device('cuda', rank)" not in loop
+  assert "torch.cuda" not in loop and "keep = 1" in loop
+  head = (tmp_path / "ok_cpu" / "training" / "contrastive_head.py").read_text()
+  assert head.count(".to(device)") == 2 and ".cuda(" not in head
+  # A reference whose line changed: one clear error, nothing left on disk.
+  _fake_reference(str(tmp_path / "old"), tool, drop="torch.cuda.reset_peak_memory_stats()")
+  with pytest.raises(SystemExit, match="reset_peak_memory_stats.*update PATCHES"):
+    tool.prepare(str(tmp_path / "old"), str(tmp_path / "old_cpu"))
+  assert not (tmp_path / "old_cpu").exists() and not (tmp_path / "old_cpu.partial").exists()
