@@ -135,14 +135,17 @@ def export(cell, to):
   print(f"Wrote {len(images)} images {images.shape[1:]} to {to}.")
 
 
-def reference_args(data, run, seed, total_kimg, no_cl_on_g, queue_size, num_images):
+def reference_args(data, run, seed, total_kimg, no_cl_on_g, queue_size, num_images,
+                   insgen=True):
   """genforce/insgen train.py with --ada_linear=1 (aug 'ada', target 0.6, pipe 'bgc'), at
   studies/augment_mnist.gin's size and settings (gin/mnist_stylegan2.gin): 32 px, 1 channel,
   channel_base 512 (train.py: fmaps * 32768) and channel_max 32, z/w 64, 2 mapping layers,
   batch 32, lr 0.0025, R1 gamma 0.1, EMA 10 kimg with ramp-up 0.05, fp32 (no fp16 layers, no
   clamp: a CPU run). InsGen as train.py sets it: temperature 0.2, momentum 0.999, queues of
   5% of the images, loss weights 1 / 1 / 0.1; the heads' input width is D's 4x4 feature width
-  (train.py hard-codes 512 = its channel_max; ours is 32)."""
+  (train.py hard-codes 512 = its channel_max; ours is 32). `insgen=False`: the control, the
+  same loop with ADA linear and no InsGen (train.py's --no_insgen would also drop
+  --ada_linear, which it reads only with InsGen on; the loop takes it either way)."""
   from dnnlib import EasyDict
   net = dict(channel_base=512, channel_max=32, num_fp16_res=0, conv_clamp=None)
   head = EasyDict(class_name="training.contrastive_head.CLHead", inplanes=32, temperature=0.2,
@@ -162,10 +165,12 @@ def reference_args(data, run, seed, total_kimg, no_cl_on_g, queue_size, num_imag
                         block_kwargs=EasyDict(), mapping_kwargs=EasyDict(num_layers=0),
                         epilogue_kwargs=EasyDict(mbstd_group_size=4), **net),
       G_opt_kwargs=opt, D_opt_kwargs=EasyDict(opt),
-      loss_kwargs=EasyDict(class_name="training.contrastive_loss.StyleGAN2LossCL",
-                           r1_gamma=0.1),
-      DHead_kwargs=head, GHead_kwargs=EasyDict(head), no_cl_on_g=no_cl_on_g,
-      cl_loss_weight=EasyDict(lw_real_cl=1.0, lw_fake_cl=1.0, lw_fake_cl_on_g=0.1),
+      loss_kwargs=EasyDict(class_name=("training.contrastive_loss.StyleGAN2LossCL" if insgen
+                                       else "training.loss.StyleGAN2Loss"), r1_gamma=0.1),
+      DHead_kwargs=head if insgen else None, GHead_kwargs=EasyDict(head) if insgen else None,
+      no_cl_on_g=no_cl_on_g,
+      cl_loss_weight=(EasyDict(lw_real_cl=1.0, lw_fake_cl=1.0, lw_fake_cl_on_g=0.1) if insgen
+                      else EasyDict()),
       augment_kwargs=EasyDict(class_name="training.augment.AugmentPipe", xflip=1, rotate90=1,
                               xint=1, scale=1, rotate=1, aniso=1, xfrac=1, brightness=1,
                               contrast=1, lumaflip=1, hue=1, saturation=1),
@@ -183,7 +188,8 @@ def snapshots(run):
   return dict(sorted(out.items()))
 
 
-def train(code, data, run, seed, steps, no_cl_on_g, queue_size, threads, stop_step=None):
+def train(code, data, run, seed, steps, no_cl_on_g, queue_size, threads, stop_step=None,
+          insgen=True):
   import torch
   sys.path.insert(0, code)
   import dnnlib
@@ -192,10 +198,13 @@ def train(code, data, run, seed, steps, no_cl_on_g, queue_size, threads, stop_st
   torch.set_num_threads(threads)
   num_images = len(glob.glob(os.path.join(data, "*.png")))
   total_kimg = steps * BATCH / 1000
-  args = reference_args(data, run, seed, total_kimg, no_cl_on_g, queue_size, num_images)
+  args = reference_args(data, run, seed, total_kimg, no_cl_on_g, queue_size, num_images,
+                        insgen)
   os.makedirs(run, exist_ok=True)
   settings = dict(seed=seed, steps=steps, no_cl_on_g=no_cl_on_g, queue_size=queue_size,
                   data=os.path.abspath(data), code=os.path.abspath(code))
+  if not insgen:  # (absent in runs made before the switch existed)
+    settings["insgen"] = False
   path = os.path.join(run, "tool_settings.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -300,6 +309,8 @@ def main():
                  help="stop (with a snapshot) at this step, before the horizon")
   a.add_argument("--no_cl_on_g", action="store_true",
                  help="the ablation without G's diversity loss (train.py --no_cl_on_g=1)")
+  a.add_argument("--no_insgen", action="store_true",
+                 help="the control: the same loop with ADA linear and without InsGen")
   a.add_argument("--queue_size", type=int, default=None,
                  help="real and fake queue size (default: train.py's 5%% of the images)")
   a.add_argument("--threads", type=int, default=1)
@@ -317,7 +328,7 @@ def main():
     export(f.cell, f.to)
   elif f.cmd == "train":
     train(f.code, f.data, f.run, f.seed, f.steps, f.no_cl_on_g, f.queue_size, f.threads,
-          f.stop_step)
+          f.stop_step, not f.no_insgen)
   else:
     score(f.code, f.run, f.cell, f.spec, f.study, f.threads)
 
