@@ -13,7 +13,7 @@ https://github.com/genforce/insgen, which is run, not copied into the project:
   python tools/insgen_reference.py export \
       --cell=docs/studies/augment_mnist/cells/stylegan2-ada_linear_insgen-k100-s0 --to=/tmp/k100
   python tools/insgen_reference.py train --code=/tmp/insgen_cpu --data=/tmp/k100 \
-      --run=/tmp/ref-s0 --seed=0 [--no_cl_on_g]
+      --run=/tmp/ref-s0 --seed=0 [--stop_step=12000] [--no_cl_on_g | --no_insgen]
   python tools/insgen_reference.py score --code=/tmp/insgen_cpu --run=/tmp/ref-s0 \
       --cell=docs/studies/augment_mnist/cells/stylegan2-ada_linear_insgen-k100-s0 \
       --spec=studies/augment_mnist.gin --study=docs/studies/augment_mnist
@@ -26,7 +26,8 @@ export   writes the cell's training images (the study's seeded, class-balanced s
 train    runs the reference's own `training_loop` with `train.py --ada_linear=1` settings at
          our quickstart size (`reference_args`). Snapshots every 1,000 steps (32 kimg). A
          re-run resumes from the newest snapshot (weights, heads and queues; the Adam moments
-         restart: the reference keeps none in its snapshots).
+         restart: the reference keeps none in its snapshots). --no_insgen: the control, the
+         same loop with ADA linear and without InsGen.
 score    scores every snapshot's G_ema as the study scores a cell: FID/KID against all
          10,000 digits in the study's MNIST features, 5,000 samples, memorisation against
          the 100 training digits. Rows go to <run>/study_eval.jsonl (scored steps skipped).
