@@ -36,6 +36,14 @@ TINY = ["include 'gin/quickstart.gin'", *TINY_OVERLAY, "GAN.ema_decay = 0.9",
         "GAN.ema_start_step = 0", "Trainer.evaluator = None"]
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+  """Every test starts from the same global seeds (Python, NumPy, TF), so an unseeded random
+  net or batch is the same on every run: a test passes or fails for its code, not its draw."""
+  import keras
+  keras.utils.set_random_seed(0)
+
+
 @pytest.fixture
 def tiny_gin():
   """Parses the tiny config plus extra bindings; clears gin afterwards."""
