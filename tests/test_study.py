@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import gin
 import numpy as np
@@ -241,6 +242,43 @@ def test_weights_dir_keeps_the_weights_outside_the_cell_and_resumes_from_them(tm
   study.train_cell(out, c2, weights_dir=weights)
   assert not os.path.islink(os.path.join(study.cell_dir(out, c2), "checkpoints"))
   assert os.listdir(os.path.join(study.cell_dir(out, c2), "checkpoints")) == ["ckpt-3.index"]
+
+
+def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_checkpoint(
+    tmp_path, monkeypatch):
+  # A cell scored every 2nd checkpoint, then every one: only the missing steps are scored,
+  # and its grid is of its last checkpoint, not of the last one scored (step 3 here).
+  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}).cells()[0]
+  d = study.cell_dir(str(tmp_path), c)
+  os.makedirs(os.path.join(d, "checkpoints"))
+  for step in (1, 2, 3, 4):
+    open(os.path.join(d, "checkpoints", f"ckpt-{step}.index"), "w").close()
+  with open(os.path.join(d, "config.gin"), "w") as f:
+    f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 4\n")
+  with open(os.path.join(d, study.EVAL_FILE), "w") as f:
+    for step in (2, 4):
+      f.write(json.dumps({"cell": c.name, "protocol": "p", "step": step}) + "\n")
+  open(os.path.join(d, study.GRID_FILE), "w").close()
+  calls = []
+
+  class Scorer:  # stands for the real one, which restores each checkpoint it is given
+    def __init__(self, ev, model_dir):
+      del ev, model_dir
+
+    def score(self, step, path):
+      calls.append(("score", os.path.basename(path)))
+      return {"step": step}
+
+    def write_grid(self, path):
+      calls.append(("grid", os.path.basename(path)))
+
+  monkeypatch.setattr(study, "_CellEvaluation", Scorer)
+  ev = types.SimpleNamespace(protocol="p", every=1)
+  rows = study.evaluate_cell(ev, str(tmp_path), c)
+  assert calls == [("score", "ckpt-1"), ("score", "ckpt-3"), ("grid", "ckpt-4")]
+  assert sorted(r["step"] for r in rows) == [1, 2, 3, 4]
+  calls.clear()  # all scored and a grid on file: nothing to do
+  assert len(study.evaluate_cell(ev, str(tmp_path), c)) == 4 and not calls
 
 
 def test_grid_after_trains_prerequisites_first_and_fills_in_the_study_dir(tmp_path,

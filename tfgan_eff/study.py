@@ -730,7 +730,11 @@ class _CellEvaluation:
                  gap_train_heldout=float(d_train.mean() - d_held.mean()))
     return row
 
-  def write_grid(self):
+  def write_grid(self, path):
+    """The grid of the checkpoint at `path` (the cell's last), whichever one was scored last
+    (a re-run scores only the steps it lacks)."""
+    from tfgan_eff.training import checkpoints  # pylint: disable=import-outside-toplevel
+    checkpoints.restore(self.ckpt, path)
     samples = self.samples(self.ev.grid_samples, self.ev.seed + 7)
     write_png(os.path.join(self.model_dir, GRID_FILE), image_grid(samples))
 
@@ -813,7 +817,7 @@ def evaluate_cell(ev, out, cell, final=True, score=True):
     logging.info("Scored %d checkpoints of the unfinished cell %s so far in %s.", len(wanted),
                  cell.name, _fmt_duration(time.time() - t0))
     return []
-  cell_ev.write_grid()
+  cell_ev.write_grid(steps[max(steps)])
   logging.info("Evaluated %s (%d checkpoints) in %s.", cell.name, len(wanted),
                _fmt_duration(time.time() - t0))
   return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
