@@ -247,7 +247,9 @@ def test_weights_dir_keeps_the_weights_outside_the_cell_and_resumes_from_them(tm
 def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_checkpoint(
     tmp_path, monkeypatch):
   # A cell scored every 2nd checkpoint, then every one: only the missing steps are scored,
-  # and its grid is of its last checkpoint, not of the last one scored (step 3 here).
+  # and its grid is of its last checkpoint, not of the last one scored. Another process
+  # scoring the same cell meanwhile (it writes step 3 while this one scores step 1) is not
+  # repeated, and a step written twice counts once.
   c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}).cells()[0]
   d = study.cell_dir(str(tmp_path), c)
   os.makedirs(os.path.join(d, "checkpoints"))
@@ -256,7 +258,7 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
   with open(os.path.join(d, "config.gin"), "w") as f:
     f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 4\n")
   with open(os.path.join(d, study.EVAL_FILE), "w") as f:
-    for step in (2, 4):
+    for step in (2, 4, 2):
       f.write(json.dumps({"cell": c.name, "protocol": "p", "step": step}) + "\n")
   open(os.path.join(d, study.GRID_FILE), "w").close()
   calls = []
@@ -267,6 +269,9 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
 
     def score(self, step, path):
       calls.append(("score", os.path.basename(path)))
+      if step == 1:  # the other process
+        with open(os.path.join(d, study.EVAL_FILE), "a") as f:
+          f.write(json.dumps({"cell": c.name, "protocol": "p", "step": 3}) + "\n")
       return {"step": step}
 
     def write_grid(self, path):
@@ -275,7 +280,7 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
   monkeypatch.setattr(study, "_CellEvaluation", Scorer)
   ev = types.SimpleNamespace(protocol="p", every=1)
   rows = study.evaluate_cell(ev, str(tmp_path), c)
-  assert calls == [("score", "ckpt-1"), ("score", "ckpt-3"), ("grid", "ckpt-4")]
+  assert calls == [("score", "ckpt-1"), ("grid", "ckpt-4")]
   assert sorted(r["step"] for r in rows) == [1, 2, 3, 4]
   calls.clear()  # all scored and a grid on file: nothing to do
   assert len(study.evaluate_cell(ev, str(tmp_path), c)) == 4 and not calls

@@ -500,7 +500,7 @@ def status(spec_path, out, params=(), only=None):
     steps = list(_checkpoint_steps(d))
     step = steps[-1] if steps else 0
     horizon = _horizon(c.spec())
-    evals = [r for r in _read_jsonl(os.path.join(d, EVAL_FILE)) if r.get("fid") is not None]
+    evals = [r for r in _eval_rows(os.path.join(d, EVAL_FILE)) if r.get("fid") is not None]
     speed = _last_logged_speed(d)
     s_per_step = speed[1] if speed else None
     left = None
@@ -584,6 +584,18 @@ def _read_jsonl(path):
         line = line.strip()
         if line:
           rows.append(json.loads(line))
+  return rows
+
+
+def _eval_rows(path):
+  """A cell's evaluations, one row per (protocol, step): the first written, should two
+  processes have scored the same checkpoint at once (their rows are equal)."""
+  rows, seen = [], set()
+  for r in _read_jsonl(path):
+    key = (r.get("protocol"), r.get("step"))
+    if key not in seen:
+      seen.add(key)
+      rows.append(r)
   return rows
 
 
@@ -772,7 +784,7 @@ def evaluate_cell(ev, out, cell, final=True, score=True):
   model_dir = cell_dir(out, cell)
   steps = _checkpoint_steps(model_dir)
   path = os.path.join(model_dir, EVAL_FILE)
-  done = _read_jsonl(path)
+  done = _eval_rows(path)
   if not steps and not done:
     return []
   if ev.protocol is None:  # the extractor's weights hash is part of the key
@@ -807,12 +819,15 @@ def evaluate_cell(ev, out, cell, final=True, score=True):
   cell_ev = _CellEvaluation(ev, model_dir)
   t0 = time.time()
   for step in wanted:
+    # Another study process on the same folder (e.g. a --notrain run beside a training
+    # one) may have scored it meanwhile.
+    have |= {r["step"] for r in _eval_rows(path) if r.get("protocol") == protocol}
     if step in have:
       continue
     row = {"cell": cell.name, "protocol": protocol, **cell_ev.score(step, steps[step])}
     with open(path, "a") as f:
       f.write(json.dumps(row) + "\n")
-    done.append(row)
+  done = _eval_rows(path)
   if not final:
     logging.info("Scored %d checkpoints of the unfinished cell %s so far in %s.", len(wanted),
                  cell.name, _fmt_duration(time.time() - t0))
