@@ -1172,7 +1172,7 @@ def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=Tr
   with open(spec_path) as f:
     atomic_write(os.path.join(out, "spec.gin"), f.read())
   logging.info("Study %s: %d cells, %d done, %d to train (%d at a time) in %s.", title,
-               len(cells), len(cells) - len(todo), len(todo), jobs, out)
+               len(cells), sum(status[c.name] == "done" for c in cells), len(todo), jobs, out)
   ev = study.evaluation
   rows, failures, durations = [], [], []
   evaluated = set()
