@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tfgan_eff import study
+from tfgan_eff.io import write_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "studies", "smoke.gin")
@@ -274,8 +275,9 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
           f.write(json.dumps({"cell": c.name, "protocol": "p", "step": 3}) + "\n")
       return {"step": step}
 
-    def write_grid(self, path):
+    def write_grid(self, path, name=study.GRID_FILE):
       calls.append(("grid", os.path.basename(path)))
+      assert name == study.GRID_FILE  # no FID in these rows: no best grid
 
   monkeypatch.setattr(study, "_CellEvaluation", Scorer)
   ev = types.SimpleNamespace(protocol="p", every=1)
@@ -284,6 +286,67 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
   assert sorted(r["step"] for r in rows) == [1, 2, 3, 4]
   calls.clear()  # all scored and a grid on file: nothing to do
   assert len(study.evaluate_cell(ev, str(tmp_path), c)) == 4 and not calls
+
+
+def test_the_best_checkpoints_grid_is_drawn_once_and_follows_a_new_best(tmp_path,
+                                                                         monkeypatch):
+  # A cell scored before best grids existed gets one of its best-FID checkpoint (not the
+  # last) without rescoring; then nothing more; a continued cell whose new checkpoint is the
+  # new best redraws it. The side-by-side figure titles it with its step, FID and copies.
+  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}).cells()[0]
+  d = study.cell_dir(str(tmp_path), c)
+  os.makedirs(os.path.join(d, "checkpoints"))
+  for step in (1, 2, 3):
+    open(os.path.join(d, "checkpoints", f"ckpt-{step}.index"), "w").close()
+  with open(os.path.join(d, "config.gin"), "w") as f:
+    f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 3\n")
+  with open(os.path.join(d, study.EVAL_FILE), "w") as f:
+    for step, fid in ((1, 30.0), (2, 10.0), (3, 20.0)):
+      f.write(json.dumps({"cell": c.name, "protocol": "p", "step": step, "fid": fid,
+                          "memorisation_rate": step / 10}) + "\n")
+  open(os.path.join(d, study.GRID_FILE), "w").close()
+  calls = []
+
+  class Scorer:
+    def __init__(self, ev, model_dir):
+      del ev, model_dir
+
+    def score(self, step, path):
+      calls.append(("score", os.path.basename(path)))
+      return {"step": step, "fid": 5.0, "memorisation_rate": 0.9}
+
+    def write_grid(self, path, name=study.GRID_FILE):
+      calls.append((name, os.path.basename(path)))
+      write_png(os.path.join(d, name), np.full((8, 8, 1), 200, np.uint8))
+
+  monkeypatch.setattr(study, "_CellEvaluation", Scorer)
+  ev = types.SimpleNamespace(protocol="p", every=1)
+  assert len(study.evaluate_cell(ev, str(tmp_path), c)) == 3
+  assert calls == [(study.BEST_GRID_FILE, "ckpt-2")]
+  assert study.best_grid_step(d) == 2
+  calls.clear()
+  assert len(study.evaluate_cell(ev, str(tmp_path), c)) == 3 and not calls
+  # --notrain's report-only pass (score=False) draws nothing either.
+  os.remove(os.path.join(d, study.BEST_GRID_META))
+  assert len(study.evaluate_cell(ev, str(tmp_path), c, score=False)) == 3 and not calls
+
+  open(os.path.join(d, "checkpoints", "ckpt-4.index"), "w").close()  # continued to step 4
+  with open(os.path.join(d, "config.gin"), "w") as f:
+    f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 4\n")
+  assert len(study.evaluate_cell(ev, str(tmp_path), c)) == 4
+  assert calls == [("score", "ckpt-4"), (study.GRID_FILE, "ckpt-4"),
+                   (study.BEST_GRID_FILE, "ckpt-4")]
+  with open(os.path.join(d, study.BEST_GRID_META)) as f:
+    assert json.load(f) == {"step": 4, "kimg": None, "fid": 5.0, "memorisation_rate": 0.9}
+
+  spec = types.SimpleNamespace(grids=[study.Grid(name="sg", gin_files=["gin/x.gin"],
+                                                 methods={"none": []})])
+  titles = []
+  monkeypatch.setattr("matplotlib.axes.Axes.set_title",
+                      lambda self, t, **kw: titles.append(t))
+  assert study.plot_grids(str(tmp_path), spec, str(tmp_path / "best.png"), best=True)
+  assert titles == ["sg · all\nnone\nstep 4 · FID 5.0 · memo 0.90"]
+  assert os.path.getsize(tmp_path / "best.png") > 1000
 
 
 def test_grid_after_trains_prerequisites_first_and_fills_in_the_study_dir(tmp_path,

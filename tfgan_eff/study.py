@@ -36,7 +36,9 @@ git: `docs/studies/`), while the weights sit on a scratch disk that outlives the
 Outputs in `<out>`: `study.csv` (every cell, every evaluated step), `study.md` (per grid, data
 and method: mean ± std over seeds of best and final FID/KID, best-FID step, D's logit gaps,
 memorisation, leaks; ratios to the baseline and whether the seed ranges separate),
-`fid_curves.png` and `grids.png` (with matplotlib, `pip install -e '.[study]'`).
+`fid_curves.png`, `grids.png` (each method's last checkpoint) and `grids_best.png` (its
+best-FID checkpoint; also each cell's `study_grid_best.png`) with matplotlib
+(`pip install -e '.[study]'`).
 """
 
 import csv
@@ -62,6 +64,10 @@ from tfgan_eff.io import atomic_write, image_grid, write_png
 CELL_FILE = "cell.json"
 EVAL_FILE = "study_eval.jsonl"
 GRID_FILE = "study_grid.png"
+# The grid of the cell's best-FID checkpoint, and which step it shows (few-shot cells are
+# memorised by their last checkpoint, so the last grid does not show the generator one keeps).
+BEST_GRID_FILE = "study_grid_best.png"
+BEST_GRID_META = "study_grid_best.json"
 
 
 def _fmt_duration(seconds):
@@ -742,13 +748,41 @@ class _CellEvaluation:
                  gap_train_heldout=float(d_train.mean() - d_held.mean()))
     return row
 
-  def write_grid(self, path):
-    """The grid of the checkpoint at `path` (the cell's last), whichever one was scored last
-    (a re-run scores only the steps it lacks)."""
+  def write_grid(self, path, name=GRID_FILE):
+    """The grid of the checkpoint at `path` into the cell's `name`: the last checkpoint's
+    (whichever one was scored last: a re-run scores only the steps it lacks), or the best's."""
     from tfgan_eff.training import checkpoints  # pylint: disable=import-outside-toplevel
     checkpoints.restore(self.ckpt, path)
     samples = self.samples(self.ev.grid_samples, self.ev.seed + 7)
-    write_png(os.path.join(self.model_dir, GRID_FILE), image_grid(samples))
+    write_png(os.path.join(self.model_dir, name), image_grid(samples))
+
+
+def _best_row(rows):
+  with_fid = [r for r in rows if r.get("fid") is not None]
+  return min(with_fid, key=lambda r: r["fid"]) if with_fid else None
+
+
+def best_grid_step(model_dir):
+  """The step the cell's best-checkpoint grid shows (None: no such grid)."""
+  try:
+    with open(os.path.join(model_dir, BEST_GRID_META)) as f:
+      return json.load(f)["step"]
+  except (OSError, ValueError, KeyError):
+    return None
+
+
+def _best_grid_wanted(model_dir, rows, steps):
+  """The best-FID row when its checkpoint is at hand and the grid on file is not of it."""
+  best = _best_row(rows)
+  if best is None or best["step"] not in steps or best_grid_step(model_dir) == best["step"]:
+    return None
+  return best
+
+
+def _write_best_grid(cell_ev, model_dir, best, steps):
+  cell_ev.write_grid(steps[best["step"]], BEST_GRID_FILE)
+  atomic_write(os.path.join(model_dir, BEST_GRID_META), json.dumps(
+      {k: best.get(k) for k in ("step", "kimg", "fid", "memorisation_rate")}) + "\n")
 
 
 def _query(name, default):
@@ -809,7 +843,11 @@ def evaluate_cell(ev, out, cell, final=True, score=True):
     wanted = _scored(list(steps), ev.every)
   if final and all(s in have for s in wanted) and os.path.exists(
       os.path.join(model_dir, GRID_FILE)):
-    return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+    rows = [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+    best = _best_grid_wanted(model_dir, rows, steps) if score else None
+    if best is not None:  # scored before the best grid existed, or a continued cell
+      _write_best_grid(_CellEvaluation(ev, model_dir), model_dir, best, steps)
+    return rows
   if not score:
     return []
   if not final:
@@ -833,9 +871,13 @@ def evaluate_cell(ev, out, cell, final=True, score=True):
                  cell.name, _fmt_duration(time.time() - t0))
     return []
   cell_ev.write_grid(steps[max(steps)])
+  rows = [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+  best = _best_grid_wanted(model_dir, rows, steps)
+  if best is not None:
+    _write_best_grid(cell_ev, model_dir, best, steps)
   logging.info("Evaluated %s (%d checkpoints) in %s.", cell.name, len(wanted),
                _fmt_duration(time.time() - t0))
-  return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+  return rows
 
 
 # -- aggregation -----------------------------------------------------------------------------
@@ -969,7 +1011,8 @@ def markdown(agg, grids, title="Study"):
   """study.md: per grid, a table per data size; comparisons to the baseline."""
   lines = [f"# {title}", "",
            "Mean ± sample std (n−1) over training seeds. *best*: the lowest FID/KID over the "
-           "evaluated checkpoints; *final*: at the last one. FID/KID against the reference "
+           "evaluated checkpoints (*memo at best*: at the best-FID one); *final*: at the last "
+           "one. FID/KID against the reference "
            "set (the true distribution); *FID train*: against the training images. *memo*: "
            "share of samples nearer a training image (pixels) than half the median "
            "train-train nearest-neighbour distance (unseen real images: in brackets). "
@@ -991,9 +1034,9 @@ def markdown(agg, grids, title="Study"):
       base = agg.get((g.name, data, g.baseline))
       lines += [f"### {data}", "",
                 "| method | seeds | step | best FID | vs base | sep. | best KID | best at kimg "
-                "| final FID | final KID | FID train | memo | leak [real] | gap t−h "
-                "| gap r−f |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| memo at best | final FID | final KID | FID train | memo | leak [real] "
+                "| gap t−h | gap r−f |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
       for m in methods:
         a = agg[(g.name, data, m)]
         c = compare(a, base) if base and m != g.baseline else None
@@ -1009,8 +1052,8 @@ def markdown(agg, grids, title="Study"):
             f"| {m} | {len(a['seeds'])} | {a['final_step']} | {_pm(a['best_fid'])} | "
             f"{ratio} | {separated} | "
             f"{_pm(a['best_kid'], 1, 2)} | {_pm(a['best_kimg'], 1, 0)} | "
-            f"{_pm(a['final_fid'])} | {_pm(a['final_kid'], 1, 2)} | "
-            f"{_pm(a['final_fid_train'])} | {memo} | "
+            f"{_pm(a['best_memorisation'], 1, 3)} | {_pm(a['final_fid'])} | "
+            f"{_pm(a['final_kid'], 1, 2)} | {_pm(a['final_fid_train'])} | {memo} | "
             f"{leak} | {_pm(a['final_gap_train_heldout'], 1, 2)} | "
             f"{_pm(a['final_gap_real_fake'], 1, 2)} |")
       conditional = [m for m in methods
@@ -1092,17 +1135,26 @@ def plot_curves(rows, grids, path, key="fid"):
   return True
 
 
-def plot_grids(out, study, path):
-  """One sample grid per method (first seed, last checkpoint, same latents), side by side."""
+def plot_grids(out, study, path, best=False):
+  """One sample grid per method (first seed, same latents), side by side: of each cell's last
+  checkpoint, or (`best`) of its best-FID one, titled with its step, FID and memorisation."""
   plt = _pyplot()
   rows = []
   for g in [g for g in study.grids if g.scored]:
     for d in g.data:
       found = []
       for m in g.methods:
-        p = os.path.join(out, "cells", f"{g.name}-{m}-{d}-s{g.seeds[0]}", GRID_FILE)
-        if os.path.exists(p):
-          found.append((m, p))
+        cell = os.path.join(out, "cells", f"{g.name}-{m}-{d}-s{g.seeds[0]}")
+        p = os.path.join(cell, BEST_GRID_FILE if best else GRID_FILE)
+        if not os.path.exists(p):
+          continue
+        if best:
+          with open(os.path.join(cell, BEST_GRID_META)) as f:
+            meta = json.load(f)
+          memo = meta.get("memorisation_rate")
+          m = f"{m}\nstep {meta['step']} · FID {meta['fid']:.1f}" + (
+              f" · memo {memo:.2f}" if memo is not None else "")
+        found.append((m, p))
       if found:
         rows.append((f"{g.name} · {d}", found))
   if plt is None or not rows:
@@ -1139,6 +1191,7 @@ def report(out, study, rows, title):
   atomic_write(os.path.join(out, "study.md"), markdown(agg, study.grids, title))
   plot_curves(full, study.grids, os.path.join(out, "fid_curves.png"))
   plot_grids(out, study, os.path.join(out, "grids.png"))
+  plot_grids(out, study, os.path.join(out, "grids_best.png"), best=True)
   return agg
 
 
@@ -1236,7 +1289,7 @@ def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=Tr
           _status_or_none(out, c) == "done"):
         rows.extend(evaluate_cell(ev, out, c, score=False))
     agg = report(out, study, rows, title)
-    logging.info("Wrote %s (study.csv, study.md, fid_curves.png, grids.png).", out)
+    logging.info("Wrote %s (study.csv, study.md, fid_curves.png, grids.png, grids_best.png).", out)
   if failures:
     raise RuntimeError(f"{len(failures)} cell(s) failed: " +
                        "; ".join(name for name, _ in failures) +
