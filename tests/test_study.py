@@ -288,6 +288,51 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
   assert len(study.evaluate_cell(ev, str(tmp_path), c)) == 4 and not calls
 
 
+def test_two_processes_take_turns_scoring_a_cells_checkpoint(tmp_path, monkeypatch):
+  # Another process holds the cell's scoring lock while it scores step 1: this one waits
+  # instead of scoring step 1 at the same time, then finds it on file and scores only step 2.
+  import fcntl  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}).cells()[0]
+  d = study.cell_dir(str(tmp_path), c)
+  os.makedirs(os.path.join(d, "checkpoints"))
+  for step in (1, 2):
+    open(os.path.join(d, "checkpoints", f"ckpt-{step}.index"), "w").close()
+  with open(os.path.join(d, "config.gin"), "w") as f:
+    f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 2\n")
+  calls = []
+
+  class Scorer:
+    def __init__(self, ev, model_dir):
+      del ev, model_dir
+
+    def score(self, step, path):
+      calls.append(os.path.basename(path))
+      return {"step": step}
+
+    def write_grid(self, path, name=study.GRID_FILE):
+      del path, name
+
+  monkeypatch.setattr(study, "_CellEvaluation", Scorer)
+  ev = types.SimpleNamespace(protocol="p", every=1)
+  other = open(os.path.join(d, "checkpoints", study.SCORING_LOCK), "a")  # its own open file
+  fcntl.flock(other, fcntl.LOCK_EX)
+  result = []
+  t = threading.Thread(target=lambda: result.append(study.evaluate_cell(ev, str(tmp_path), c)))
+  t.start()
+  time.sleep(0.5)
+  assert not calls and t.is_alive()  # waiting for the other process
+  with open(os.path.join(d, study.EVAL_FILE), "a") as f:
+    f.write(json.dumps({"cell": c.name, "protocol": "p", "step": 1}) + "\n")
+  fcntl.flock(other, fcntl.LOCK_UN)
+  other.close()
+  t.join(10)
+  assert calls == ["ckpt-2"]
+  assert sorted(r["step"] for r in result[0]) == [1, 2]
+  with open(os.path.join(d, study.EVAL_FILE)) as f:
+    assert [json.loads(line)["step"] for line in f] == [1, 2]
+
+
 def test_the_best_checkpoints_grid_is_drawn_once_and_follows_a_new_best(tmp_path,
                                                                          monkeypatch):
   # A cell scored before best grids existed gets one of its best-FID checkpoint (not the

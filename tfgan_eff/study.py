@@ -41,6 +41,7 @@ best-FID checkpoint; also each cell's `study_grid_best.png`) with matplotlib
 (`pip install -e '.[study]'`).
 """
 
+import contextlib
 import csv
 import dataclasses
 import glob
@@ -807,6 +808,23 @@ def _try_metrics(fn):
     return {}
 
 
+SCORING_LOCK = ".study_eval.lock"
+
+
+@contextlib.contextmanager
+def _scoring_lock(model_dir):
+  """Held while a checkpoint of the cell is scored, so that two study processes on one folder
+  take turns (the other then finds the step on file) instead of scoring it twice. The lock
+  file sits with the weights (`checkpoints/`), outside what a study folder keeps in git."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(model_dir, "checkpoints", SCORING_LOCK), "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def evaluate_cell(ev, out, cell, final=True, score=True):
   """Scores the cell's checkpoints not yet scored under this protocol; -> its rows.
 
@@ -858,13 +876,14 @@ def evaluate_cell(ev, out, cell, final=True, score=True):
   t0 = time.time()
   for step in wanted:
     # Another study process on the same folder (e.g. a --notrain run beside a training
-    # one) may have scored it meanwhile.
-    have |= {r["step"] for r in _eval_rows(path) if r.get("protocol") == protocol}
-    if step in have:
-      continue
-    row = {"cell": cell.name, "protocol": protocol, **cell_ev.score(step, steps[step])}
-    with open(path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    # one) may be scoring it or have scored it: one at a time, each skips what is on file.
+    with _scoring_lock(model_dir):
+      have |= {r["step"] for r in _eval_rows(path) if r.get("protocol") == protocol}
+      if step in have:
+        continue
+      row = {"cell": cell.name, "protocol": protocol, **cell_ev.score(step, steps[step])}
+      with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
   done = _eval_rows(path)
   if not final:
     logging.info("Scored %d checkpoints of the unfinished cell %s so far in %s.", len(wanted),
