@@ -529,7 +529,7 @@ def test_smoke_study_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
     assert float(r["kimg"]) == pytest.approx(int(r["step"]) * 2 * 8 / 1000)  # 2 D steps
   md = open(os.path.join(out, "study.md")).read()
   assert "| none | 1 | 6 |" in md and "| diffaug | 1 | 6 |" in md
-  for name in ("fid_curves.png", "grids.png"):
+  for name in ("fid_curves.png", "grids.png", "grids_best.png"):
     assert os.path.getsize(os.path.join(out, name)) > 1000
 
   # 3. Again: nothing is trained or evaluated twice.
