@@ -158,11 +158,15 @@ def test_transfer_freezes_low_level_wraps_convs_and_trains_the_rest(tiny_gin, tm
   assert any(n.startswith("generator_block2_conv1_adafm_gamma") for n in own)  # γ/β: their own
   assert transfer.summary["g_adafm"] == sum(int(np.prod(v.shape)) for v in gammas)
 
-  frozen_before = _values(frozen_g + frozen_d)
+  # G_ema's copies of the frozen weights too: its update must not round them away.
+  frozen_ema = [e for e, w in zip(gan.G_ema.weights, G.weights) if any(w is v for v in frozen_g)]
+  assert len(frozen_ema) == len(frozen_g)
+  frozen_before = _values(frozen_g + frozen_d + frozen_ema)
   moving_before = _values(gammas + [G.linear.kernel, G.blocks[0].conv1.kernel,
                                     D.blocks[1].conv1.kernel])
+  gan.ema_decay = 0.999  # the default (0.5 above would average exactly in floating point)
   metrics = _train(gan, 2)
-  for path, value in _values(frozen_g + frozen_d).items():
+  for path, value in _values(frozen_g + frozen_d + frozen_ema).items():
     np.testing.assert_array_equal(value, frozen_before[path], err_msg=path)
   for path, value in _values(gammas + [G.linear.kernel, G.blocks[0].conv1.kernel,
                                        D.blocks[1].conv1.kernel]).items():

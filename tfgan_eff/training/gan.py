@@ -545,10 +545,13 @@ class GAN(tf.Module):
     return tf.where(step < self.ema_start_step, 0.0, decay)
 
   def update_ema(self, step):
-    """G_ema ← d·G_ema + (1 − d)·G on all weights (BN statistics and SN vectors too)."""
+    """G_ema ← d·G_ema + (1 − d)·G on all weights (BN statistics and SN vectors too).
+
+    Written as G + d·(G_ema − G), which is the same average but exact where the two are
+    equal: the copies of frozen weights (a transfer's) stay bit-identical to them."""
     d = self.ema_decay_at(step)
     for e, w in zip(self.G_ema.weights, self.G.weights):
-      e.assign(d * e + (1.0 - d) * w)
+      e.assign(w + d * (e - w))
 
   # -- sampling --------------------------------------------------------------------------
   def generate(self, z, y=None, truncation=1.0):
