@@ -394,6 +394,21 @@ def test_the_best_checkpoints_grid_is_drawn_once_and_follows_a_new_best(tmp_path
   assert os.path.getsize(tmp_path / "best.png") > 1000
 
 
+def test_side_by_side_grids_keep_each_method_in_its_own_column(tmp_path, monkeypatch):
+  # k1 lacks method a (not trained yet): b stays in b's column, under b in k2's row.
+  g = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"a": [], "b": [], "c": []},
+                 data={"k1": [], "k2": []})
+  for cell in ("sg-b-k1-s0", "sg-a-k2-s0", "sg-b-k2-s0"):
+    os.makedirs(tmp_path / "cells" / cell)
+    write_png(str(tmp_path / "cells" / cell / study.GRID_FILE), np.zeros((8, 8, 1), np.uint8))
+  placed = []
+  monkeypatch.setattr("matplotlib.axes.Axes.set_title", lambda self, t, **kw: placed.append(
+      (self.get_subplotspec().rowspan.start, self.get_subplotspec().colspan.start, t)))
+  assert study.plot_grids(str(tmp_path), types.SimpleNamespace(grids=[g]),
+                          str(tmp_path / "grids.png"))
+  assert placed == [(0, 1, "sg · k1\nb"), (1, 0, "sg · k2\na"), (1, 1, "b")]
+
+
 def test_grid_after_trains_prerequisites_first_and_fills_in_the_study_dir(tmp_path,
                                                                          monkeypatch):
   spec = tmp_path / "spec.gin"

@@ -1155,40 +1155,45 @@ def plot_curves(rows, grids, path, key="fid"):
 
 
 def plot_grids(out, study, path, best=False):
-  """One sample grid per method (first seed, same latents), side by side: of each cell's last
-  checkpoint, or (`best`) of its best-FID one, titled with its step, FID and memorisation."""
+  """One sample grid per method (first seed, same latents), side by side, one row per grid
+  and data size, each method in its own column: of each cell's last checkpoint, or (`best`)
+  of its best-FID one, titled with its step, FID and memorisation."""
   plt = _pyplot()
   rows = []
   for g in [g for g in study.grids if g.scored]:
+    found = {}
     for d in g.data:
-      found = []
       for m in g.methods:
         cell = os.path.join(out, "cells", f"{g.name}-{m}-{d}-s{g.seeds[0]}")
         p = os.path.join(cell, BEST_GRID_FILE if best else GRID_FILE)
         if not os.path.exists(p):
           continue
+        title = m
         if best:
           with open(os.path.join(cell, BEST_GRID_META)) as f:
             meta = json.load(f)
           memo = meta.get("memorisation_rate")
-          m = f"{m}\nstep {meta['step']} · FID {meta['fid']:.1f}" + (
+          title += f"\nstep {meta['step']} · FID {meta['fid']:.1f}" + (
               f" · memo {memo:.2f}" if memo is not None else "")
-        found.append((m, p))
-      if found:
-        rows.append((f"{g.name} · {d}", found))
+        found.setdefault(d, {})[m] = (title, p)
+    columns = [m for m in g.methods if any(m in f for f in found.values())]
+    for d in g.data:
+      if d in found:
+        rows.append((f"{g.name} · {d}", [(columns.index(m), *found[d][m])
+                                          for m in columns if m in found[d]]))
   if plt is None or not rows:
     return False
-  cols = max(len(f) for _, f in rows)
-  fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.9 * len(rows)),
-                           squeeze=False)
+  cols = max(j for _, found in rows for j, _, _ in found) + 1
+  fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, (3.2 if best else 2.9) *
+                                                     len(rows)), squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for i, (label, found) in enumerate(rows):
-    for j, (m, p) in enumerate(found):
+    for k, (j, title, p) in enumerate(found):
       img = plt.imread(p)
       axes[i][j].imshow(img.squeeze(), cmap="gray" if img.ndim == 2 or img.shape[-1] == 1
                         else None, vmin=0, vmax=1)
-      axes[i][j].set_title(f"{label}\n{m}" if j == 0 else m, fontsize=8)
+      axes[i][j].set_title(f"{label}\n{title}" if k == 0 else title, fontsize=8)
   fig.tight_layout()
   fig.savefig(path + ".tmp.png", dpi=110)
   plt.close(fig)
