@@ -12,6 +12,7 @@ import time
 import types
 
 import gin
+import matplotlib.axes
 import numpy as np
 import pytest
 
@@ -390,7 +391,7 @@ def test_the_best_checkpoints_grid_is_drawn_once_and_follows_a_new_best(tmp_path
   monkeypatch.setattr("matplotlib.axes.Axes.set_title",
                       lambda self, t, **kw: titles.append(t))
   assert study.plot_grids(str(tmp_path), spec, str(tmp_path / "best.png"), best=True)
-  assert titles == ["sg · all\nnone\nstep 4 · FID 5.0 · memo 0.90"]
+  assert titles == ["none\nstep 4 · FID 5.0 · memo 0.90"]
   assert os.path.getsize(tmp_path / "best.png") > 1000
 
 
@@ -401,12 +402,16 @@ def test_side_by_side_grids_keep_each_method_in_its_own_column(tmp_path, monkeyp
   for cell in ("sg-b-k1-s0", "sg-a-k2-s0", "sg-b-k2-s0"):
     os.makedirs(tmp_path / "cells" / cell)
     write_png(str(tmp_path / "cells" / cell / study.GRID_FILE), np.zeros((8, 8, 1), np.uint8))
-  placed = []
+  placed, labels = [], []
   monkeypatch.setattr("matplotlib.axes.Axes.set_title", lambda self, t, **kw: placed.append(
       (self.get_subplotspec().rowspan.start, self.get_subplotspec().colspan.start, t)))
+  real_text = matplotlib.axes.Axes.text
+  monkeypatch.setattr("matplotlib.axes.Axes.text", lambda self, x, y, t, **kw: (
+      labels.append((self.get_subplotspec().rowspan.start, t)), real_text(self, x, y, t, **kw)))
   assert study.plot_grids(str(tmp_path), types.SimpleNamespace(grids=[g]),
                           str(tmp_path / "grids.png"))
-  assert placed == [(0, 1, "sg · k1\nb"), (1, 0, "sg · k2\na"), (1, 1, "b")]
+  assert placed == [(0, 1, "b"), (1, 0, "a"), (1, 1, "b")]
+  assert labels == [(0, "sg · k1"), (1, "sg · k2")]  # on each row's left edge
 
 
 def test_grid_after_trains_prerequisites_first_and_fills_in_the_study_dir(tmp_path,

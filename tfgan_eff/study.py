@@ -1184,16 +1184,19 @@ def plot_grids(out, study, path, best=False):
   if plt is None or not rows:
     return False
   cols = max(j for _, found in rows for j, _, _ in found) + 1
-  fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, (3.2 if best else 2.9) *
-                                                     len(rows)), squeeze=False)
+  fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols + 0.3, 2.9 * len(rows)),
+                           squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for i, (label, found) in enumerate(rows):
-    for k, (j, title, p) in enumerate(found):
+    # The row's label runs up its left edge, so that every title has the same height.
+    axes[i][0].text(-0.04, 0.5, label, rotation=90, ha="right", va="center", fontsize=9,
+                    transform=axes[i][0].transAxes)
+    for j, title, p in found:
       img = plt.imread(p)
       axes[i][j].imshow(img.squeeze(), cmap="gray" if img.ndim == 2 or img.shape[-1] == 1
                         else None, vmin=0, vmax=1)
-      axes[i][j].set_title(f"{label}\n{title}" if k == 0 else title, fontsize=8)
+      axes[i][j].set_title(title, fontsize=8)
   fig.tight_layout()
   fig.savefig(path + ".tmp.png", dpi=110)
   plt.close(fig)
