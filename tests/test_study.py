@@ -393,6 +393,9 @@ def test_the_best_checkpoints_grid_is_drawn_once_and_follows_a_new_best(tmp_path
   assert study.plot_grids(str(tmp_path), spec, str(tmp_path / "best.png"), best=True)
   assert titles == ["none\nstep 4 · FID 5.0 · memo 0.90"]
   assert os.path.getsize(tmp_path / "best.png") > 1000
+  # An image without its record (a kill between the two writes) is left out, not a crash.
+  os.remove(os.path.join(d, study.BEST_GRID_META))
+  assert not study.plot_grids(str(tmp_path), spec, str(tmp_path / "best2.png"), best=True)
 
 
 def test_side_by_side_grids_keep_each_method_in_its_own_column(tmp_path, monkeypatch):

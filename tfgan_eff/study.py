@@ -1170,8 +1170,11 @@ def plot_grids(out, study, path, best=False):
           continue
         title = m
         if best:
-          with open(os.path.join(cell, BEST_GRID_META)) as f:
-            meta = json.load(f)
+          try:  # written after the image: without it the image is not known to be current
+            with open(os.path.join(cell, BEST_GRID_META)) as f:
+              meta = json.load(f)
+          except (OSError, ValueError):
+            continue
           memo = meta.get("memorisation_rate")
           title += f"\nstep {meta['step']} · FID {meta['fid']:.1f}" + (
               f" · memo {memo:.2f}" if memo is not None else "")
