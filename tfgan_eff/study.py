@@ -948,9 +948,8 @@ def per_cell_summary(rows):
   rows = sorted(rows, key=lambda r: r["step"])
   final = rows[-1]
   out = {"final_step": final["step"], "final_kimg": final.get("kimg")}
-  with_fid = [r for r in rows if r.get("fid") is not None]
-  if with_fid:
-    best = min(with_fid, key=lambda r: r["fid"])
+  best = _best_row(rows)
+  if best is not None:
     out.update(best_fid=best["fid"], best_step=best["step"], best_kimg=best.get("kimg"),
                final_fid=final.get("fid"), best_memorisation=best.get("memorisation_rate"))
   with_kid = [r for r in rows if r.get("kid") is not None]
