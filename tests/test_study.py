@@ -47,7 +47,8 @@ def test_aggregate_mean_std_and_best_step():
 
 
 def test_aggregate_round_trips_through_csv(tmp_path):
-  rows = [_row("none", s, st, 50.0 - st / 10 + s) for s in range(2) for st in (100, 200)]
+  rows = [_row("none", s, st, 50.0 - st / 10 + s, in_class_rate=st / 400 + s / 10,
+               real_in_class_rate=0.99) for s in range(2) for st in (100, 200)]
   rows += [_row("aug", s, st, 20.0 + s, class_consistency=0.8 + 0.1 * s,
                 label_accuracy_unlabelled=0.9) for s in range(2) for st in (100, 200)]
   path = str(tmp_path / "study.csv")
@@ -60,6 +61,9 @@ def test_aggregate_round_trips_through_csv(tmp_path):
                     data={"k100": []})
   md = study.markdown(agg, [grid])
   assert "| aug | 85.0 ± 7.1% | 90.0 ± 0.0% |" in md and "| none |" in md
+  # In-class share at the best-FID step (200: 50% and 60%) and at the last one.
+  assert "| none | 55.0 ± 7.1% | 55.0 ± 7.1% [99.0 ± 0.0%] |" in md
+  assert "| aug | –" not in md
   c = study.compare(agg[("g", "k100", "aug")], agg[("g", "k100", "none")])
   assert c["better"] and c["separated"]
   assert c["ratio"] == pytest.approx(20.5 / 30.5)
@@ -246,6 +250,71 @@ def test_weights_dir_keeps_the_weights_outside_the_cell_and_resumes_from_them(tm
   assert os.listdir(os.path.join(study.cell_dir(out, c2), "checkpoints")) == ["ckpt-3.index"]
 
 
+class _Scorer:
+  """Base of the stand-ins for `study._CellEvaluation`: a cell without a class subset."""
+
+  def __init__(self, ev, model_dir):
+    del ev, model_dir
+
+  def supplement(self, step, path):
+    del step, path
+    return {"in_class_rate": None}
+
+
+def test_rows_scored_before_a_column_existed_get_it_from_their_checkpoints(tmp_path,
+                                                                           monkeypatch):
+  # in_class_rate came after these rows were scored: each step lacking it is computed once
+  # from its checkpoint (a step on file twice too), the rest of the row kept; rows of another
+  # protocol or without a checkpoint stay as they are; then there is nothing more to do.
+  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}).cells()[0]
+  d = study.cell_dir(str(tmp_path), c)
+  os.makedirs(os.path.join(d, "checkpoints"))
+  for step in (1, 2):
+    open(os.path.join(d, "checkpoints", f"ckpt-{step}.index"), "w").close()
+  with open(os.path.join(d, "config.gin"), "w") as f:
+    f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 2\n")
+  old = [{"protocol": "p", "step": 1, "fid": 9.0}, {"protocol": "p", "step": 2, "fid": 8.0},
+         {"protocol": "p", "step": 1, "fid": 9.0}, {"protocol": "q", "step": 2, "fid": 7.0},
+         {"protocol": "p", "step": 3, "fid": 6.0}]  # step 3's checkpoint was deleted
+  with open(os.path.join(d, study.EVAL_FILE), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in old)
+  open(os.path.join(d, study.GRID_FILE), "w").close()
+  with open(os.path.join(d, study.BEST_GRID_META), "w") as f:
+    f.write('{"step": 2}\n')
+  calls = []
+
+  class Scorer(_Scorer):
+    def score(self, step, path):
+      raise AssertionError("nothing to rescore")
+
+    def supplement(self, step, path):
+      calls.append(os.path.basename(path))
+      return {"in_class_rate": step / 10, "real_in_class_rate": 0.99}
+
+  monkeypatch.setattr(study, "_CellEvaluation", Scorer)
+  ev = types.SimpleNamespace(protocol="p", every=1)
+  rows = study.evaluate_cell(ev, str(tmp_path), c)
+  assert calls == ["ckpt-1", "ckpt-2"]
+  assert sorted((r["step"], r["fid"], r["in_class_rate"]) for r in rows) == [
+      (1, 9.0, 0.1), (2, 8.0, 0.2)]
+  with open(os.path.join(d, study.EVAL_FILE)) as f:
+    on_file = [json.loads(line) for line in f]
+  assert [r.get("in_class_rate") for r in on_file] == [0.1, 0.2, 0.1, None, None]
+  assert on_file[3] == old[3] and on_file[4] == old[4]
+  calls.clear()
+  assert len(study.evaluate_cell(ev, str(tmp_path), c)) == 2 and not calls
+  # A report-only pass (score=False) computes nothing.
+  with open(os.path.join(d, study.EVAL_FILE), "a") as f:
+    f.write(json.dumps({"protocol": "p", "step": 2, "fid": 8.0}) + "\n")
+  shutil.rmtree(os.path.join(d, "checkpoints"))
+  os.makedirs(os.path.join(d, "checkpoints"))
+  open(os.path.join(d, "checkpoints", "ckpt-2.index"), "w").close()
+  with open(os.path.join(d, "config.gin"), "w") as f:
+    f.write("Trainer.checkpoint_every = 2\nTrainer.train_steps = 2\n")
+  assert study.evaluate_cell(ev, str(tmp_path), c, score=False)[0]["in_class_rate"] == 0.2
+  assert not calls
+
+
 def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_checkpoint(
     tmp_path, monkeypatch):
   # A cell scored every 2nd checkpoint, then every one: only the missing steps are scored,
@@ -265,9 +334,7 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
   open(os.path.join(d, study.GRID_FILE), "w").close()
   calls = []
 
-  class Scorer:  # stands for the real one, which restores each checkpoint it is given
-    def __init__(self, ev, model_dir):
-      del ev, model_dir
+  class Scorer(_Scorer):  # stands for the real one, which restores each checkpoint it is given
 
     def score(self, step, path):
       calls.append(("score", os.path.basename(path)))
@@ -303,9 +370,7 @@ def test_two_processes_take_turns_scoring_a_cells_checkpoint(tmp_path, monkeypat
     f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 2\n")
   calls = []
 
-  class Scorer:
-    def __init__(self, ev, model_dir):
-      del ev, model_dir
+  class Scorer(_Scorer):
 
     def score(self, step, path):
       calls.append(os.path.basename(path))
@@ -353,9 +418,7 @@ def test_the_best_checkpoints_grid_is_drawn_once_and_follows_a_new_best(tmp_path
   open(os.path.join(d, study.GRID_FILE), "w").close()
   calls = []
 
-  class Scorer:
-    def __init__(self, ev, model_dir):
-      del ev, model_dir
+  class Scorer(_Scorer):
 
     def score(self, step, path):
       calls.append(("score", os.path.basename(path)))

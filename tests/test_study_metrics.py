@@ -309,8 +309,46 @@ def test_conditioning_scores_class_consistency_and_predicted_labels_of_unlabelle
   cell = object.__new__(study._CellEvaluation)  # pylint: disable=protected-access
   cell.ev, cell._tf = ev, tf
   cell.gan = types.SimpleNamespace(num_classes=10, terms=[NoPrediction(), Head()], D=D)
-  cell.data = types.SimpleNamespace(labels=np.array([0, -1, 2, -1, -1, -1]))
+  cell.data = types.SimpleNamespace(labels=np.array([0, -1, 2, -1, -1, -1]), classes=None)
   cell.train_images, cell.train_labels = images, np.arange(6)
   row = cell.conditioning(images, np.array([0, 1, 2, 3, 9, 9]))  # 4 of 6 right
   assert row["class_consistency"] == pytest.approx(4 / 6)
   assert row["label_accuracy_unlabelled"] == pytest.approx(3 / 4)  # images 1, 3, 4 right; 5 not
+  # Trained on the classes in another order: G's label i means the source's classes[i].
+  cell.data.classes = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+  row = cell.conditioning(images, np.array([9, 8, 7, 6, 0, 4]))  # 0..5 shown: 5 of 6 asked
+  assert row["class_consistency"] == pytest.approx(5 / 6)
+
+
+def test_in_class_rate_is_the_share_of_samples_the_classifier_puts_in_the_training_classes():
+  """A cell trained on some classes (e.g. the few-shot nines of a transfer) reports how many
+  samples the classifier assigns to them, beside the real reference's share; a cell without
+  a class subset marks its rows as not applicable (None), so they are not supplemented."""
+  import types  # pylint: disable=import-outside-toplevel
+  from tfgan_eff import study  # pylint: disable=import-outside-toplevel
+
+  class Classifier:  # pixel value // 20
+    num_classes = 10
+
+    def __call__(self, images):
+      return {"logits": np.eye(10)[images[:, 0, 0, 0] // 20]}
+
+  def shown(*classes):
+    return np.array(classes, np.uint8)[:, None, None, None] * 20 + np.zeros([1, 4, 4, 1],
+                                                                            np.uint8)
+
+  cell = object.__new__(study._CellEvaluation)  # pylint: disable=protected-access
+  cell.ev = types.SimpleNamespace(evaluator=types.SimpleNamespace(extractor=Classifier()))
+  cell.class_subset, cell.real_in_class = np.array([9, 8]), 0.98
+  assert cell.class_rows(shown(9, 9, 1, 8, 3)) == {"in_class_rate": pytest.approx(3 / 5),
+                                                  "real_in_class_rate": 0.98}
+  cell.class_subset = None
+  assert cell.class_rows(shown(9, 9)) == {"in_class_rate": None}
+  # Which cells have a subset: only one whose classifier knows the source's classes.
+  mnist_nines = types.SimpleNamespace(classes=[9], source=types.SimpleNamespace(num_classes=10))
+  assert study._class_subset(mnist_nines, Classifier()).tolist() == [9]  # pylint: disable=protected-access
+  inception = types.SimpleNamespace(num_classes=1008)
+  assert study._class_subset(mnist_nines, inception) is None  # pylint: disable=protected-access
+  assert study._class_subset(mnist_nines, None) is None  # pylint: disable=protected-access
+  every_digit = types.SimpleNamespace(classes=None, source=mnist_nines.source)
+  assert study._class_subset(every_digit, Classifier()) is None  # pylint: disable=protected-access

@@ -621,6 +621,15 @@ def _d_logits(gan, images, labels, batch):
   return np.concatenate(out) if out else np.zeros([0], np.float32)
 
 
+def _class_subset(data, extractor):
+  """The classes `data` keeps of its labelled source when `extractor` classifies that
+  source's classes (its class count is the source's: the MNIST LeNet on MNIST), else None."""
+  n = getattr(data.source, "num_classes", 0)
+  if data.classes is None or not n or getattr(extractor, "num_classes", 0) != n:
+    return None
+  return np.asarray(data.classes)
+
+
 class _CellEvaluation:
   """Scores the checkpoints of one cell (its gin config is made current)."""
 
@@ -655,6 +664,26 @@ class _CellEvaluation:
       self.real_memorisation = memorisation_rate(
           self.heldout[:ev.memorisation_samples], self.train_images)["memorisation_rate"]
     self._tf = tf
+    # A cell trained on some classes of a labelled source, scored by a classifier of that
+    # source's classes (the MNIST LeNet on MNIST digits): the share of samples it puts in the
+    # training classes, e.g. how many of a few-shot transfer's samples are the target digit
+    # and not the source's. Real images: the reference's (the ceiling, the classifier's own
+    # error on them).
+    self.class_subset = _class_subset(
+        self.data, ev.evaluator.extractor if ev.metrics_available else None)
+    if self.class_subset is not None:
+      self.real_in_class = self.in_class((ref if ref is not None else self.data).images)
+
+  def in_class(self, images):
+    """The share of `images` the study's classifier assigns to the cell's training classes."""
+    predicted = self.ev.evaluator.extractor(images)["logits"].argmax(axis=1)
+    return float(np.isin(predicted, self.class_subset).mean())
+
+  def class_rows(self, samples):
+    """`in_class_rate` (None when not applicable: the key marks the row as scored for it)."""
+    if self.class_subset is None:
+      return {"in_class_rate": None}
+    return {"in_class_rate": self.in_class(samples), "real_in_class_rate": self.real_in_class}
 
   def samples(self, n, seed, return_labels=False):
     from tfgan_eff.training.runs import generate_uint8  # pylint: disable=import-outside-toplevel
@@ -670,6 +699,8 @@ class _CellEvaluation:
     extractor = ev.evaluator.extractor if ev.metrics_available else None
     if labels is not None and getattr(extractor, "num_classes", 0) == gan.num_classes:
       predicted = extractor(samples)["logits"].argmax(axis=1)
+      if self.data.classes is not None:  # G's label i is the source's class classes[i]
+        labels = np.asarray(self.data.classes)[labels]
       row["class_consistency"] = float((predicted == labels).mean())
     unlabelled = np.flatnonzero(self.data.labels < 0)
     if not len(unlabelled):
@@ -724,6 +755,7 @@ class _CellEvaluation:
       row["fid_train"] = train_metrics["fid"]
     if gan.num_classes > 1:
       row.update(self.conditioning(samples, labels))
+    row.update(self.class_rows(samples))
     row.update(memorisation_rate(samples[:ev.memorisation_samples], self.train_images))
     row.update(augmentation_leak(samples))
     row.update({f"real_{k}": v for k, v in self.real_leak.items()})
@@ -748,6 +780,15 @@ class _CellEvaluation:
       row.update(d_real_heldout=float(d_held.mean()),
                  gap_train_heldout=float(d_train.mean() - d_held.mean()))
     return row
+
+  def supplement(self, step, path):
+    """The columns a row scored before they existed lacks (`SUPPLEMENTED`), from its
+    checkpoint: the same samples as `score`."""
+    if self.class_subset is None:
+      return {"in_class_rate": None}
+    from tfgan_eff.training import checkpoints  # pylint: disable=import-outside-toplevel
+    checkpoints.restore(self.ckpt, path)
+    return self.class_rows(self.samples(self.ev.num_samples, self.ev.seed))
 
   def write_grid(self, path, name=GRID_FILE):
     """The grid of the checkpoint at `path` into the cell's `name`: the last checkpoint's
@@ -809,6 +850,9 @@ def _try_metrics(fn):
 
 
 SCORING_LOCK = ".study_eval.lock"
+# Columns added to the protocol after cells were scored: a row without them gets them from its
+# checkpoint, when the checkpoint is at hand (the other measures of the row are unchanged).
+SUPPLEMENTED = ("in_class_rate",)
 
 
 @contextlib.contextmanager
@@ -823,6 +867,28 @@ def _scoring_lock(model_dir):
       yield
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _supplement(ev, model_dir, path, protocol, steps, cell_ev=None):
+  """Adds the `SUPPLEMENTED` columns to the cell's rows that lack them; -> the cell's
+  evaluation object if one was built."""
+  def lacking(r):
+    return (r.get("protocol") == protocol and r.get("step") in steps and
+            any(k not in r for k in SUPPLEMENTED))
+  if not any(lacking(r) for r in _read_jsonl(path)):
+    return cell_ev
+  cell_ev = cell_ev or _CellEvaluation(ev, model_dir)
+  with _scoring_lock(model_dir):
+    rows, added = _read_jsonl(path), {}
+    for r in rows:
+      if lacking(r):
+        if r["step"] not in added:
+          added[r["step"]] = cell_ev.supplement(r["step"], steps[r["step"]])
+        r.update(added[r["step"]])
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+  logging.info("Added %s to %d scored checkpoints of %s.", ", ".join(SUPPLEMENTED),
+               len(added), os.path.basename(model_dir))
+  return cell_ev
 
 
 def evaluate_cell(ev, out, cell, final=True, score=True):
@@ -861,10 +927,11 @@ def evaluate_cell(ev, out, cell, final=True, score=True):
     wanted = _scored(list(steps), ev.every)
   if final and all(s in have for s in wanted) and os.path.exists(
       os.path.join(model_dir, GRID_FILE)):
-    rows = [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
+    cell_ev = _supplement(ev, model_dir, path, protocol, steps) if score else None
+    rows = [r for r in _eval_rows(path) if r.get("protocol") == protocol and r["step"] in wanted]
     best = _best_grid_wanted(model_dir, rows, steps) if score else None
     if best is not None:  # scored before the best grid existed, or a continued cell
-      _write_best_grid(_CellEvaluation(ev, model_dir), model_dir, best, steps)
+      _write_best_grid(cell_ev or _CellEvaluation(ev, model_dir), model_dir, best, steps)
     return rows
   if not score:
     return []
@@ -884,6 +951,7 @@ def evaluate_cell(ev, out, cell, final=True, score=True):
       row = {"cell": cell.name, "protocol": protocol, **cell_ev.score(step, steps[step])}
       with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+  _supplement(ev, model_dir, path, protocol, steps, cell_ev)
   done = _eval_rows(path)
   if not final:
     logging.info("Scored %d checkpoints of the unfinished cell %s so far in %s.", len(wanted),
@@ -906,7 +974,8 @@ CSV_FIELDS = ["grid", "method", "data", "seed", "cell", "step", "kimg", "fid", "
               "train_nn_median",
               "leak_square", "leak_border", "leak_any", "real_leak_any", "d_real_train",
               "d_real_heldout", "d_fake", "gap_train_heldout", "gap_real_fake",
-              "class_consistency", "label_accuracy_unlabelled"]
+              "class_consistency", "label_accuracy_unlabelled", "in_class_rate",
+              "real_in_class_rate"]
 
 
 def write_csv(path, rows):
@@ -951,14 +1020,15 @@ def per_cell_summary(rows):
   best = _best_row(rows)
   if best is not None:
     out.update(best_fid=best["fid"], best_step=best["step"], best_kimg=best.get("kimg"),
-               final_fid=final.get("fid"), best_memorisation=best.get("memorisation_rate"))
+               final_fid=final.get("fid"), best_memorisation=best.get("memorisation_rate"),
+               best_in_class=best.get("in_class_rate"))
   with_kid = [r for r in rows if r.get("kid") is not None]
   if with_kid:
     out.update(best_kid=min(r["kid"] for r in with_kid), final_kid=final.get("kid"))
   for k in ("fid_train", "memorisation_rate", "real_memorisation_rate", "leak_any",
             "real_leak_any",
             "gap_train_heldout", "gap_real_fake", "class_consistency",
-            "label_accuracy_unlabelled"):
+            "label_accuracy_unlabelled", "in_class_rate", "real_in_class_rate"):
     if final.get(k) is not None:
       out[f"final_{k}"] = final[k]
   out["max_leak_any"] = max(r.get("leak_any", 0.0) for r in rows)
@@ -970,7 +1040,8 @@ SUMMARY_KEYS = ["best_fid", "best_kid", "best_kimg", "final_fid", "final_kid",
                 "best_memorisation",
                 "final_leak_any", "max_leak_any", "final_real_leak_any",
                 "final_gap_train_heldout", "final_gap_real_fake", "final_class_consistency",
-                "final_label_accuracy_unlabelled"]
+                "final_label_accuracy_unlabelled", "best_in_class", "final_in_class_rate",
+                "final_real_in_class_rate"]
 
 
 def aggregate(rows):
@@ -1023,6 +1094,10 @@ def _pm(s, scale=1.0, digits=1):
   if s["n"] == 1:
     return f"{s['mean'] * scale:.{digits}f}"
   return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
+
+
+def _pct(s):
+  return f"{_pm(s, 100, 1)}%" if s else "–"
 
 
 def markdown(agg, grids, title="Study"):
@@ -1085,9 +1160,19 @@ def markdown(agg, grids, title="Study"):
                   "|---|---|---|"]
         for m in conditional:
           a = agg[(g.name, data, m)]
-          lines.append(f"| {m} | {_pm(a['final_class_consistency'], 100, 1)}% | "
-                       f"{_pm(a['final_label_accuracy_unlabelled'], 100, 1)}"
-                       f"{'%' if a['final_label_accuracy_unlabelled'] else ''} |")
+          lines.append(f"| {m} | {_pct(a['final_class_consistency'])} | "
+                       f"{_pct(a['final_label_accuracy_unlabelled'])} |")
+      subset = [m for m in methods if agg[(g.name, data, m)]["final_in_class_rate"]]
+      if subset:
+        lines += ["", "Cells trained on some classes of the data: *in-class*: share of "
+                  "samples the study's classifier assigns to the training classes (real "
+                  "reference images: in brackets, the classifier's own ceiling).", "",
+                  "| method | in-class at best FID | final in-class [real] |", "|---|---|---|"]
+        for m in subset:
+          a = agg[(g.name, data, m)]
+          lines.append(f"| {m} | {_pct(a['best_in_class'])} | "
+                       f"{_pct(a['final_in_class_rate'])} "
+                       f"[{_pct(a['final_real_in_class_rate'])}] |")
       pairs = list(g.comparisons)
       extra = []
       for m, ref in pairs:
