@@ -250,6 +250,18 @@ def test_weights_dir_keeps_the_weights_outside_the_cell_and_resumes_from_them(tm
   assert os.listdir(os.path.join(study.cell_dir(out, c2), "checkpoints")) == ["ckpt-3.index"]
 
 
+def _cell_with_checkpoints(tmp_path, steps):
+  """A cell folder with (empty) checkpoints at `steps`, one every step up to the last."""
+  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}).cells()[0]
+  d = study.cell_dir(str(tmp_path), c)
+  os.makedirs(os.path.join(d, "checkpoints"))
+  for step in steps:
+    open(os.path.join(d, "checkpoints", f"ckpt-{step}.index"), "w").close()
+  with open(os.path.join(d, "config.gin"), "w") as f:
+    f.write(f"Trainer.checkpoint_every = 1\nTrainer.train_steps = {max(steps)}\n")
+  return c, d
+
+
 class _Scorer:
   """Base of the stand-ins for `study._CellEvaluation`: a cell without a class subset."""
 
@@ -266,13 +278,7 @@ def test_rows_scored_before_a_column_existed_get_it_from_their_checkpoints(tmp_p
   # in_class_rate came after these rows were scored: each step lacking it is computed once
   # from its checkpoint (a step on file twice too), the rest of the row kept; rows of another
   # protocol or without a checkpoint stay as they are; then there is nothing more to do.
-  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}).cells()[0]
-  d = study.cell_dir(str(tmp_path), c)
-  os.makedirs(os.path.join(d, "checkpoints"))
-  for step in (1, 2):
-    open(os.path.join(d, "checkpoints", f"ckpt-{step}.index"), "w").close()
-  with open(os.path.join(d, "config.gin"), "w") as f:
-    f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 2\n")
+  c, d = _cell_with_checkpoints(tmp_path, (1, 2))
   old = [{"protocol": "p", "step": 1, "fid": 9.0}, {"protocol": "p", "step": 2, "fid": 8.0},
          {"protocol": "p", "step": 1, "fid": 9.0}, {"protocol": "q", "step": 2, "fid": 7.0},
          {"protocol": "p", "step": 3, "fid": 6.0}]  # step 3's checkpoint was deleted
@@ -321,13 +327,7 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
   # and its grid is of its last checkpoint, not of the last one scored. Another process
   # scoring the same cell meanwhile (it writes step 3 while this one scores step 1) is not
   # repeated, and a step written twice counts once.
-  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}).cells()[0]
-  d = study.cell_dir(str(tmp_path), c)
-  os.makedirs(os.path.join(d, "checkpoints"))
-  for step in (1, 2, 3, 4):
-    open(os.path.join(d, "checkpoints", f"ckpt-{step}.index"), "w").close()
-  with open(os.path.join(d, "config.gin"), "w") as f:
-    f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 4\n")
+  c, d = _cell_with_checkpoints(tmp_path, (1, 2, 3, 4))
   with open(os.path.join(d, study.EVAL_FILE), "w") as f:
     for step in (2, 4, 2):
       f.write(json.dumps({"cell": c.name, "protocol": "p", "step": step}) + "\n")
@@ -361,13 +361,7 @@ def test_two_processes_take_turns_scoring_a_cells_checkpoint(tmp_path, monkeypat
   # instead of scoring step 1 at the same time, then finds it on file and scores only step 2.
   import fcntl  # pylint: disable=import-outside-toplevel
   import threading  # pylint: disable=import-outside-toplevel
-  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}).cells()[0]
-  d = study.cell_dir(str(tmp_path), c)
-  os.makedirs(os.path.join(d, "checkpoints"))
-  for step in (1, 2):
-    open(os.path.join(d, "checkpoints", f"ckpt-{step}.index"), "w").close()
-  with open(os.path.join(d, "config.gin"), "w") as f:
-    f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 2\n")
+  c, d = _cell_with_checkpoints(tmp_path, (1, 2))
   calls = []
 
   class Scorer(_Scorer):
@@ -404,13 +398,7 @@ def test_the_best_checkpoints_grid_is_drawn_once_and_follows_a_new_best(tmp_path
   # A cell scored before best grids existed gets one of its best-FID checkpoint (not the
   # last) without rescoring; then nothing more; a continued cell whose new checkpoint is the
   # new best redraws it. The side-by-side figure titles it with its step, FID and copies.
-  c = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}).cells()[0]
-  d = study.cell_dir(str(tmp_path), c)
-  os.makedirs(os.path.join(d, "checkpoints"))
-  for step in (1, 2, 3):
-    open(os.path.join(d, "checkpoints", f"ckpt-{step}.index"), "w").close()
-  with open(os.path.join(d, "config.gin"), "w") as f:
-    f.write("Trainer.checkpoint_every = 1\nTrainer.train_steps = 3\n")
+  c, d = _cell_with_checkpoints(tmp_path, (1, 2, 3))
   with open(os.path.join(d, study.EVAL_FILE), "w") as f:
     for step, fid in ((1, 30.0), (2, 10.0), (3, 20.0)):
       f.write(json.dumps({"cell": c.name, "protocol": "p", "step": step, "fid": fid,
