@@ -549,7 +549,9 @@ def test_every_spec_parses_and_every_cell_config_builds(spec):
     main = {c.name: c for c in study.load_spec(os.path.join(ROOT, "studies", "adafm_mnist.gin"))
             .cells}
     gin.clear_config()
-    assert sorted(c.method for c in s.cells) == sorted(["finetune", "freezed", "adafm"] * 2)
+    seeds = sorted({c.seed for c in main.values() if c.data == "k10"})
+    assert sorted((c.method, c.seed) for c in s.cells) == sorted(
+        (m, seed) for m in ("finetune", "freezed", "adafm") for seed in seeds)
     source = ("ADAFM_SOURCE", "AdaFMTransfer.source", "Trainer.train_steps",
               "Trainer.checkpoint_every")
     for c in s.cells:
