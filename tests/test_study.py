@@ -517,6 +517,16 @@ SPECS = sorted(glob.glob(os.path.join(ROOT, "studies", "*.gin")))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist", "t10k-images-idx3-ubyte.gz")
 
 
+# The zoom specs: {spec: (data size, checkpoint cadence, {method: horizon})}.
+_TRANSFERS = ("finetune", "freezed", "adafm")
+ZOOMS = {
+    "adafm_mnist_early.gin": ("k10", 10, {**dict.fromkeys(_TRANSFERS, 150), "scratch": 450,
+                                          "adafm_faithful": 650}),
+    "adafm_mnist_early_k25.gin": ("k25", 15, {**dict.fromkeys(_TRANSFERS, 450),
+                                              "scratch": 825, "adafm_faithful": 600}),
+}
+
+
 @pytest.mark.parametrize("spec", [os.path.basename(p) for p in SPECS])
 def test_every_spec_parses_and_every_cell_config_builds(spec):
   if "_mnist" in spec and not os.path.exists(MNIST):
@@ -542,26 +552,26 @@ def test_every_spec_parses_and_every_cell_config_builds(spec):
     # k100: 11 methods x 3 seeds; k1000: 6 methods (no ada_linear*) x 2 seeds; BigGAN 2 x 3.
     assert len(s.cells) == 11 * 3 + 6 * 2 + 2 * 3
     assert not [c for c in s.cells if c.data == "k1000" and "linear" in c.method]
-  if spec == "adafm_mnist_early.gin":
-    # The main study's k = 10 cells with only the horizon, the cadence and the way the
-    # source is named changed: what both score at a step is comparable.
+  if spec in ZOOMS:
+    # The main study's cells of one data size with only the horizon, the cadence and the
+    # way the source is named changed: what both score at a step is comparable.
+    data, every, horizon = ZOOMS[spec]
     gin.clear_config()
     main = {c.name: c for c in study.load_spec(os.path.join(ROOT, "studies", "adafm_mnist.gin"))
             .cells}
     gin.clear_config()
     assert sorted(c.name for c in s.cells) == sorted(n for n, c in main.items()
-                                                      if c.data == "k10")
+                                                      if c.data == data)
     changed = ("ADAFM_SOURCE", "AdaFMTransfer.source", "Trainer.train_steps",
                "Trainer.checkpoint_every")
-    horizon = {"scratch": 450, "adafm_faithful": 650}
     for c in s.cells:
       m = main[c.name]
       assert c.gin_files == m.gin_files and c.seed == m.seed
       assert ([b for b in c.bindings if not b.startswith(changed)]
               == [b for b in m.bindings if not b.startswith(changed)])
       steps = [b for b in c.bindings if b.startswith("Trainer.train_steps")]
-      assert steps[-1] == f"Trainer.train_steps = {horizon.get(c.method, 150)}"
-      assert "Trainer.checkpoint_every = 10" in c.bindings
+      assert steps[-1] == f"Trainer.train_steps = {horizon[c.method]}"
+      assert f"Trainer.checkpoint_every = {every}" in c.bindings
 
 
 def _study_cmd(out, *extra):
