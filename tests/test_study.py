@@ -84,6 +84,20 @@ def test_aggregate_round_trips_through_csv(tmp_path):
   assert "seed ranges overlap" not in md1
 
 
+def test_markdown_small_fids_keep_two_decimals():
+  # MNIST-scale FIDs (2.40, 2.42 against 2.44, 2.46): one decimal would print "2.4 ± 0.0"
+  # on both sides and hide the spread and the difference.
+  rows = [_row("none", s, 100, fid) for s, fid in enumerate([2.44, 2.46])]
+  rows += [_row("aug", s, 100, fid) for s, fid in enumerate([2.40, 2.42])]
+  rows += [_row("big", s, 100, fid) for s, fid in enumerate([48.04, 30.0])]
+  grid = study.Grid(name="g", gin_files=["x.gin"], methods={"none": [], "aug": [], "big": []},
+                    data={"k100": []}, comparisons=[["aug", "none"]])
+  md = study.markdown(study.aggregate(rows), [grid])
+  assert "| aug | 2 | 100 | 2.41 ± 0.01 | 0.98× | yes |" in md
+  assert "| big | 2 | 100 | 39.0 ± 12.8 |" in md
+  assert "best FID 2.41 ± 0.01 vs 2.45 ± 0.01 (0.98×, -0.04)" in md
+
+
 def test_grid_cells_and_names():
   gin.clear_config()
   g = study.Grid(name="sg", gin_files=["gin/x.gin"], bindings=["A = 1"],

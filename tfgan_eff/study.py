@@ -1096,6 +1096,12 @@ def _pm(s, scale=1.0, digits=1):
   return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
 
 
+def _fid(s):
+  """An FID statistic: two decimals below 10 (MNIST-scale FIDs of 2.4 ± 0.01 would read
+  "2.4 ± 0.0"), one above."""
+  return _pm(s, 1, 2 if s and abs(s["mean"]) < 10 else 1)
+
+
 def _pct(s):
   return f"{_pm(s, 100, 1)}%" if s else "–"
 
@@ -1142,11 +1148,11 @@ def markdown(agg, grids, title="Study"):
         leak = (f"{_pm(a['final_leak_any'], 100, 1)}% [{_pm(a['final_real_leak_any'], 100, 1)}%]"
                 if a["final_leak_any"] else "–")
         lines.append(
-            f"| {m} | {len(a['seeds'])} | {a['final_step']} | {_pm(a['best_fid'])} | "
+            f"| {m} | {len(a['seeds'])} | {a['final_step']} | {_fid(a['best_fid'])} | "
             f"{ratio} | {separated} | "
             f"{_pm(a['best_kid'], 1, 2)} | {_pm(a['best_kimg'], 1, 0)} | "
-            f"{_pm(a['best_memorisation'], 1, 3)} | {_pm(a['final_fid'])} | "
-            f"{_pm(a['final_kid'], 1, 2)} | {_pm(a['final_fid_train'])} | {memo} | "
+            f"{_pm(a['best_memorisation'], 1, 3)} | {_fid(a['final_fid'])} | "
+            f"{_pm(a['final_kid'], 1, 2)} | {_fid(a['final_fid_train'])} | {memo} | "
             f"{leak} | {_pm(a['final_gap_train_heldout'], 1, 2)} | "
             f"{_pm(a['final_gap_real_fake'], 1, 2)} |")
       conditional = [m for m in methods
@@ -1179,8 +1185,10 @@ def markdown(agg, grids, title="Study"):
         a, b = agg.get((g.name, data, m)), agg.get((g.name, data, ref))
         c = compare(a, b) if a and b else None
         if c:
-          extra.append(f"- {m} vs {ref}: best FID {_pm(a['best_fid'])} vs {_pm(b['best_fid'])}"
-                       f" ({c['ratio']:.2f}×, {c['diff']:+.1f}); {_separation(c)}.")
+          small = max(abs(a["best_fid"]["mean"]), abs(b["best_fid"]["mean"])) < 10
+          extra.append(f"- {m} vs {ref}: best FID {_fid(a['best_fid'])} vs {_fid(b['best_fid'])}"
+                       f" ({c['ratio']:.2f}×, {c['diff']:+.{2 if small else 1}f}); "
+                       f"{_separation(c)}.")
       if extra:
         lines += ["", *extra]
       lines.append("")
