@@ -40,6 +40,7 @@ def main(argv):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from tfgan_eff import study  # pylint: disable=import-outside-toplevel
   from tfgan_eff.eval.metrics import frechet_distance  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.io import atomic_write  # pylint: disable=import-outside-toplevel
   spec = study.load_spec(FLAGS.spec)
   ev = spec.evaluation
   if ev is None or ev.reference is None:
@@ -55,17 +56,6 @@ def main(argv):
   result = {"spec": FLAGS.spec, "extractor": ev.extractor_tag(), "num_samples": ev.num_samples,
             "seed": ev.seed, "class_counts": counts.tolist(), "draws": {}}
 
-  def score(pick):
-    served = [0]
-
-    def generate_fn(n):
-      out = images[pick[served[0]:served[0] + n]]
-      served[0] += len(out)
-      return out
-
-    m = ev.evaluator.evaluate(generate_fn, ref.eval_batches, ref.name)
-    return float(m["fid"]), float(m["kid_mean"])
-
   for prior in ("data", "uniform"):
     rows = []
     for _ in range(FLAGS.draws):
@@ -74,7 +64,8 @@ def main(argv):
       else:
         classes = rng.integers(0, len(counts), ev.num_samples)
         pick = np.array([by_class[c][rng.integers(len(by_class[c]))] for c in classes])
-      rows.append(score(pick))
+      m = ev.score_images(images[pick])
+      rows.append((m["fid"], m["kid"]))
     fid, kid = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
     result["draws"][prior] = {"fid": fid.tolist(), "kid": kid.tolist()}
     print(f"{prior} prior: FID {fid.mean():.3f} ± {fid.std(ddof=1):.3f} "
@@ -92,9 +83,7 @@ def main(argv):
   result["population_fid"] = population
   print(f"population: uniform-class against the reference's own prior, FID {population:.3f}")
   path = os.path.join(FLAGS.out, "class_prior_floor.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(path + ".tmp", path)
+  atomic_write(path, json.dumps(result, indent=1))
   print(f"Wrote {path}")
 
 

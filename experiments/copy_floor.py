@@ -35,6 +35,7 @@ def main(argv):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from tfgan_eff import study  # pylint: disable=import-outside-toplevel
   from tfgan_eff.data import ImageData  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.io import atomic_write  # pylint: disable=import-outside-toplevel
   from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
   spec = study.load_spec(FLAGS.spec)
   ev = spec.evaluation
@@ -53,24 +54,12 @@ def main(argv):
     runs.parse_run_config(model_dir)
     images = ImageData().images
     pick = np.random.default_rng(ev.seed).integers(0, len(images), ev.num_samples)
-    copies = images[pick]
-    served = [0]
-
-    def generate_fn(n, copies=copies, served=served):
-      out = copies[served[0]:served[0] + n]
-      served[0] += len(out)
-      return out
-
-    ref = ev.reference
-    metrics = ev.evaluator.evaluate(generate_fn, ref.eval_batches, ref.name)
-    result["floors"][key] = {"cell": cell.name, "k": len(images), "fid": float(metrics["fid"]),
-                             "kid": float(metrics["kid_mean"])}
-    print(f"{key}: k = {len(images)}, FID {metrics['fid']:.2f}, KID {metrics['kid_mean']:.4g} "
+    metrics = ev.score_images(images[pick])
+    result["floors"][key] = {"cell": cell.name, "k": len(images), **metrics}
+    print(f"{key}: k = {len(images)}, FID {metrics['fid']:.2f}, KID {metrics['kid']:.4g} "
           f"(as in study.csv; from {cell.name})", flush=True)
   path = os.path.join(FLAGS.out, "copy_floor.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(path + ".tmp", path)
+  atomic_write(path, json.dumps(result, indent=1))
   print(f"Wrote {path}")
 
 

@@ -255,6 +255,13 @@ class StudyEval:
     self.train_evaluator._extractor = ex  # pylint: disable=protected-access
     return getattr(ex, "cache_tag", ex.name)
 
+  def score_images(self, images):
+    """FID/KID of `images` (uint8 [n, H, W, C]) in place of a cell's samples, against the
+    reference, as study.csv has them: {"fid", "kid"}. For floors (experiments/)."""
+    m = self.evaluator.evaluate(_feed(images), self.reference.eval_batches,
+                                self.reference.name)
+    return {"fid": float(m["fid"]), "kid": float(m["kid_mean"])}
+
   def protocol_key(self, extractor_tag):
     desc = json.dumps({"ref": getattr(self.reference, "name", None), "ex": extractor_tag,
                        "n": self.num_samples, "metrics": self.metrics, "seed": self.seed,
@@ -583,6 +590,17 @@ def _checkpoint_schedule(model_dir):
   return sorted(set(range(every, last + 1, every) if every else ()) | {last})
 
 
+def _feed(images):
+  """An Evaluator's `generate_fn` serving `images` in order."""
+  served = [0]
+
+  def generate_fn(n):
+    out = images[served[0]:served[0] + n]
+    served[0] += len(out)
+    return out
+  return generate_fn
+
+
 def _read_jsonl(path):
   rows = []
   if os.path.exists(path):
@@ -730,23 +748,15 @@ class _CellEvaluation:
     checkpoints.restore(self.ckpt, path)
     samples, labels = self.samples(ev.num_samples, ev.seed, return_labels=True)
     row = {"step": step, "kimg": step * self.kimg_per_step}
-    served = [0]
-
-    def generate_fn(n):
-      out = samples[served[0]:served[0] + n]
-      served[0] += len(out)
-      return out
-
     # FID/KID against the reference (without one: against the training images, as the
     # low-shot benchmarks do); FID against the training images always.
     ref = ev.reference if ev.reference is not None else self.data
     metrics = train_metrics = {}
     if ev.metrics_available and ev.metrics:
-      metrics = _try_metrics(lambda: ev.evaluator.evaluate(generate_fn, ref.eval_batches,
+      metrics = _try_metrics(lambda: ev.evaluator.evaluate(_feed(samples), ref.eval_batches,
                                                            ref.name))
-      served[0] = 0
       train_metrics = metrics if ref is self.data else _try_metrics(
-          lambda: ev.train_evaluator.evaluate(generate_fn, self.data.eval_batches,
+          lambda: ev.train_evaluator.evaluate(_feed(samples), self.data.eval_batches,
                                               self.data.name))
     for k in ("fid", "kid_mean"):
       if k in metrics:
