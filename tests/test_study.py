@@ -98,6 +98,18 @@ def test_markdown_small_fids_keep_two_decimals():
   assert "best FID 2.41 ± 0.01 vs 2.45 ± 0.01 (0.98×, -0.04)" in md
 
 
+def test_score_images_scores_real_images_like_samples():
+  # The floors of experiments/study_floors.py: the reference's own images score far below
+  # noise, the same images score the same, and the result has study.csv's keys.
+  ev = study.load_spec(SMOKE).evaluation
+  images = ev.reference.images
+  pick = np.random.default_rng(0).integers(0, len(images), ev.num_samples)
+  real = ev.score_images(images[pick])
+  assert set(real) == {"fid", "kid"} and real == ev.score_images(images[pick])
+  noise = np.random.default_rng(1).integers(0, 256, images[pick].shape, dtype=np.uint8)
+  assert ev.score_images(noise)["fid"] > 10 * real["fid"] + 10
+
+
 def test_grid_cells_and_names():
   gin.clear_config()
   g = study.Grid(name="sg", gin_files=["gin/x.gin"], bindings=["A = 1"],
