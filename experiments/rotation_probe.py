@@ -40,7 +40,7 @@ def main(argv):
   from tfgan_eff.objectives.self_supervised import rotate  # pylint: disable=import-outside-toplevel
   from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
   gan, step = runs.load_gan(FLAGS.model_dir, FLAGS.checkpoint)
-  # By name: gin's configurable classes are subclasses of the module's.
+  # By name: the module's RotationTerm is gin's wrapper, not the instances' class (config.py).
   heads = [t for t in gan.terms if type(t).__name__ == "RotationTerm"]
   if not heads:
     sys.exit(f"rotation_probe: the run in {FLAGS.model_dir} has no RotationTerm.")

@@ -11,7 +11,9 @@ def configurable(cls_or_fn):
 
   Keras 3 layers cannot take `@gin.configurable` directly (Keras inspects `__init__`'s
   argument spec in `__new__`), so classes are registered as external configurables, which
-  gin wraps in a subclass of the same name.
+  gin wraps in a subclass of the same name. The module's name is then bound to that
+  subclass while instances are of the original class, so `isinstance(x, RotationTerm)` is
+  False: test against a base class (`Term`, `Augmenter`) or by `type(x).__name__`.
   """
   module = cls_or_fn.__module__.split(".")[-1]
   return gin.external_configurable(cls_or_fn, name=cls_or_fn.__name__, module=module)
