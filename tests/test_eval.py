@@ -144,6 +144,35 @@ def test_kid_is_unbiased_and_detects_a_shift():
   assert np.isfinite(m.kernel_inception_distance(rng.randn(30, 4), rng.randn(50, 4))[0])
 
 
+def test_intra_fid_sees_swapped_classes_that_pooled_fid_cannot():
+  rng = np.random.RandomState(7)
+  means = rng.randn(3, 8) * 4.0
+
+  def draw(n):
+    y = np.repeat(np.arange(3), n)
+    return means[y] + rng.randn(3 * n, 8), y
+  real, real_y = draw(500)
+  fake, fake_y = draw(400)
+  out = m.intra_fid(fake, fake_y, real, real_y)
+  for c in range(3):  # each class: plain FID of its two subsets
+    f, r = fake[fake_y == c], real[real_y == c]
+    assert out["per_class"][c] == pytest.approx(m.frechet_distance(*_moments(f), *_moments(r)))
+    assert out["per_class"][c] < 0.5
+  assert out["intra_fid"] == pytest.approx(np.mean(list(out["per_class"].values())))
+  # A generator that draws class 1 when asked for 0 and 0 when asked for 1: the pooled
+  # statistics are the same samples, so FID over all classes cannot move; intra-FID can.
+  swapped = np.where(fake_y == 0, 1, np.where(fake_y == 1, 0, fake_y))
+  bad = m.intra_fid(fake, swapped, real, real_y)
+  gap = np.sum((means[0] - means[1]) ** 2)
+  assert bad["per_class"][0] == pytest.approx(gap, rel=0.2)
+  assert bad["per_class"][1] == pytest.approx(gap, rel=0.2)
+  assert bad["per_class"][2] == out["per_class"][2]
+  with pytest.raises(ValueError, match="class 2 has 400 samples and 1 real"):
+    m.intra_fid(fake, fake_y, real[:1001], real_y[:1001])
+  with pytest.raises(ValueError, match="expected"):
+    m.intra_fid(fake, fake_y[:-1], real, real_y)
+
+
 def test_precision_recall():
   rng = np.random.RandomState(6)
   real = rng.randn(500, 32).astype(np.float32)

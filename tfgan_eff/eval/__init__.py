@@ -14,7 +14,7 @@ from tfgan_eff.eval.memorisation import augmentation_leak, memorisation_rate
 from tfgan_eff.eval.inception import (InceptionExtractor, InceptionNotFoundError,
                                       load_inception, locate_inception)
 from tfgan_eff.eval.metrics import (StreamingMoments, frechet_distance, inception_score,
-                                    kernel_inception_distance, load_reference_stats,
+                                    intra_fid, kernel_inception_distance, load_reference_stats,
                                     precision_recall, trace_sqrt_product)
 from tfgan_eff.io import to_uint8  # the one quantizer, here too for evaluation code
 
@@ -23,6 +23,6 @@ __all__ = [
     "MnistClassifierExtractor", "heldout_digits", "heldout_mnist", "mnist_split", "to_uint8",
     "memorisation_rate", "augmentation_leak", "InceptionExtractor", "InceptionNotFoundError",
     "load_inception", "locate_inception", "StreamingMoments", "frechet_distance",
-    "inception_score", "kernel_inception_distance", "load_reference_stats",
+    "inception_score", "intra_fid", "kernel_inception_distance", "load_reference_stats",
     "precision_recall", "trace_sqrt_product",
 ]

@@ -118,6 +118,44 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
   return float(max(value, 0.0))
 
 
+def intra_fid(fake_features, fake_labels, real_features, real_labels):
+  """Intra-FID of a class-conditional generator (Miyato & Koyama 2018): the FID of each
+  class's samples G(z, y) against the real images of class y, and their mean.
+
+  Catches what one FID over all classes hides: a class drawn badly or as another class
+  (every class's samples still look like some digit, so the pooled statistics barely move).
+
+  Args:
+    fake_features, real_features: [N, D] features (the same extractor).
+    fake_labels, real_labels: [N] integer classes (the asked y; the true labels).
+
+  Returns:
+    {"per_class": {class: FID}, "intra_fid": mean over the classes of `fake_labels`}.
+    Every one of those classes needs at least 2 samples on both sides.
+  """
+  fake_features = np.asarray(fake_features, np.float64)
+  real_features = np.asarray(real_features, np.float64)
+  fake_labels, real_labels = np.asarray(fake_labels), np.asarray(real_labels)
+  if (fake_features.ndim != 2 or real_features.ndim != 2 or
+      fake_features.shape[1] != real_features.shape[1] or
+      fake_labels.shape != fake_features.shape[:1] or
+      real_labels.shape != real_features.shape[:1]):
+    raise ValueError(f"intra_fid: expected [N, D] features with [N] labels on both sides "
+                     f"(same D), got {fake_features.shape} with {fake_labels.shape} and "
+                     f"{real_features.shape} with {real_labels.shape}.")
+  per_class = {}
+  for c in np.unique(fake_labels):
+    f, r = fake_features[fake_labels == c], real_features[real_labels == c]
+    if len(f) < 2 or len(r) < 2:
+      raise ValueError(f"intra_fid: class {c} has {len(f)} samples and {len(r)} real "
+                       f"images; each class needs at least 2 of both.")
+    per_class[int(c)] = frechet_distance(f.mean(0), np.cov(f, rowvar=False),
+                                         r.mean(0), np.cov(r, rowvar=False))
+  if not per_class:
+    raise ValueError("intra_fid: no samples.")
+  return {"per_class": per_class, "intra_fid": float(np.mean(list(per_class.values())))}
+
+
 # ---------------------------------------------------------------------------------------
 # Streaming first and second moments
 # ---------------------------------------------------------------------------------------
