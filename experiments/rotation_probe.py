@@ -37,11 +37,10 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from tfgan_eff.data import ImageData  # pylint: disable=import-outside-toplevel
   from tfgan_eff.io import atomic_write  # pylint: disable=import-outside-toplevel
-  from tfgan_eff.objectives.self_supervised import rotate  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.objectives.self_supervised import RotationTerm, rotate  # pylint: disable=import-outside-toplevel
   from tfgan_eff.training import runs  # pylint: disable=import-outside-toplevel
   gan, step = runs.load_gan(FLAGS.model_dir, FLAGS.checkpoint)
-  # By name: the module's RotationTerm is gin's wrapper, not the instances' class (config.py).
-  heads = [t for t in gan.terms if type(t).__name__ == "RotationTerm"]
+  heads = [t for t in gan.terms if isinstance(t, RotationTerm)]
   if not heads:
     sys.exit(f"rotation_probe: the run in {FLAGS.model_dir} has no RotationTerm.")
   head = heads[0].head

@@ -61,8 +61,8 @@ def head_predictions(gan, images, batch=256):
   """argmax of the classifier head on D's features of uint8 images."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  # gin builds instances of the undecorated class, so match the class by name.
-  heads = [t.head for t in gan.terms if type(t).__name__ == "ClassifierTerm"]
+  from tfgan_eff.objectives.semi_supervised import ClassifierTerm  # pylint: disable=import-outside-toplevel
+  heads = [t.head for t in gan.terms if isinstance(t, ClassifierTerm)]
   if not heads:
     raise ValueError("This run has no ClassifierTerm in GAN.terms, so no classifier head.")
   out = []

@@ -160,6 +160,27 @@ def test_config_builds_and_trains_one_tiny_step(path, tmp_path):
     gin.clear_config()
 
 
+def test_isinstance_works_with_the_names_of_configurable_classes():
+  # gin wraps each registered class in a subclass that makes instances of the original;
+  # config.configurable teaches the wrapper isinstance/issubclass.
+  from tfgan_eff.models.biggan import BigGANGenerator  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.objectives import Term  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.objectives.self_supervised import RotationTerm  # pylint: disable=import-outside-toplevel
+  from tfgan_eff.objectives.semi_supervised import ClassifierTerm  # pylint: disable=import-outside-toplevel
+  try:
+    config.parse([], ["RotationTerm.weight_d = 0.5"])
+    term = RotationTerm()
+    assert term.weight_d == 0.5  # built through gin's wrapper, bindings injected
+    assert isinstance(term, RotationTerm) and isinstance(term, Term)
+    assert issubclass(type(term), RotationTerm)
+    assert not isinstance(term, ClassifierTerm) and not isinstance(object(), RotationTerm)
+    assert not issubclass(ClassifierTerm, RotationTerm)
+    g = BigGANGenerator(resolution=32, channels=1, ch=4, z_dim=8)
+    assert isinstance(g, BigGANGenerator) and not isinstance(term, BigGANGenerator)
+  finally:
+    gin.clear_config()
+
+
 def test_a_missing_required_macro_names_itself_and_the_fix():
   try:
     with pytest.raises(ValueError, match=r"needs a value for DATA_DIR.*--gin_param=\"DATA_DIR="):

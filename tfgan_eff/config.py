@@ -1,5 +1,6 @@
 """gin helpers: the one configuration system of tfgan_eff."""
 
+import inspect
 import os
 import re
 
@@ -10,13 +11,28 @@ def configurable(cls_or_fn):
   """Registers a class or function with gin under its own name.
 
   Keras 3 layers cannot take `@gin.configurable` directly (Keras inspects `__init__`'s
-  argument spec in `__new__`), so classes are registered as external configurables, which
-  gin wraps in a subclass of the same name. The module's name is then bound to that
-  subclass while instances are of the original class, so `isinstance(x, RotationTerm)` is
-  False: test against a base class (`Term`, `Augmenter`) or by `type(x).__name__`.
+  argument spec in `__new__`), so classes are registered as external configurables: gin
+  wraps a class in a subclass of the same name (with its own metaclass, whose `__call__`
+  injects the bindings) that makes instances of the original class. The module's name is
+  bound to that wrapper, so `isinstance(x, RotationTerm)` would be False for every
+  `RotationTerm`; the wrapper's metaclass is therefore taught to answer `isinstance` and
+  `issubclass` as the original class does.
   """
   module = cls_or_fn.__module__.split(".")[-1]
-  return gin.external_configurable(cls_or_fn, name=cls_or_fn.__name__, module=module)
+  wrapper = gin.external_configurable(cls_or_fn, name=cls_or_fn.__name__, module=module)
+  meta = type(wrapper)
+  if inspect.isclass(cls_or_fn) and meta is not type(cls_or_fn):  # gin's own metaclass
+    base = type(cls_or_fn)
+
+    def instancecheck(klass, obj):
+      return (isinstance(obj, cls_or_fn) if klass is wrapper
+              else base.__instancecheck__(klass, obj))
+
+    def subclasscheck(klass, sub):
+      return (issubclass(sub, cls_or_fn) if klass is wrapper
+              else base.__subclasscheck__(klass, sub))
+    meta.__instancecheck__, meta.__subclasscheck__ = instancecheck, subclasscheck
+  return wrapper
 
 
 # The folder holding tfgan_eff/ and gin/: `include 'gin/x.gin'` and `--gin_file=gin/x.gin`
