@@ -36,7 +36,8 @@ flags.DEFINE_string("out", None, "The study folder.")
 flags.DEFINE_string("cells", ".", "Regex on cell names.")
 flags.DEFINE_enum("at", "best", ["best", "final"], "Which checkpoint of each cell.")
 flags.DEFINE_integer("per_class", 1000, "Samples of each class.")
-flags.DEFINE_integer("seed", 2026, "Latents (class c: seed [seed, c]) and the floor's draws.")
+flags.DEFINE_integer("seed", 2026, "Latents (class c, row i: seed [seed, c * per_class + i]) "
+                     "and the floor's draws.")
 flags.mark_flags_as_required(["spec", "out"])
 FLAGS = flags.FLAGS
 
