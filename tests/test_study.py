@@ -90,11 +90,16 @@ def test_markdown_small_fids_keep_two_decimals():
   rows = [_row("none", s, 100, fid) for s, fid in enumerate([2.44, 2.46])]
   rows += [_row("aug", s, 100, fid) for s, fid in enumerate([2.40, 2.42])]
   rows += [_row("big", s, 100, fid) for s, fid in enumerate([48.04, 30.0])]
-  grid = study.Grid(name="g", gin_files=["x.gin"], methods={"none": [], "aug": [], "big": []},
+  rows += [_row("tight", s, 100, fid) for s, fid in enumerate([2.444, 2.451])]
+  rows += [_row("same", s, 100, fid) for s, fid in enumerate([2.5, 2.5])]
+  grid = study.Grid(name="g", gin_files=["x.gin"],
+                    methods={"none": [], "aug": [], "big": [], "tight": [], "same": []},
                     data={"k100": []}, comparisons=[["aug", "none"]])
   md = study.markdown(study.aggregate(rows), [grid])
   assert "| aug | 2 | 100 | 2.41 ± 0.01 | 0.98× | yes |" in md
   assert "| big | 2 | 100 | 39.0 ± 12.8 |" in md
+  assert "| tight | 2 | 100 | 2.45 ± 0.005 |" in md  # a spread below the last decimal shows
+  assert "| same | 2 | 100 | 2.50 ± 0.00 |" in md
   assert "best FID 2.41 ± 0.01 vs 2.45 ± 0.01 (0.98×, -0.04)" in md
 
 

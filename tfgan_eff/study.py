@@ -1099,11 +1099,17 @@ def _separation(c):
 
 
 def _pm(s, scale=1.0, digits=1):
+  """mean ± std at `digits` decimals; a nonzero std that would round to 0 keeps one
+  significant digit (2.45 ± 0.005, not 2.45 ± 0.00, which reads as no spread)."""
   if not s:
     return "–"
   if s["n"] == 1:
     return f"{s['mean'] * scale:.{digits}f}"
-  return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f}"
+  mean, std = s["mean"] * scale, s["std"] * scale
+  if abs(std) <= 1e-9 * max(1.0, abs(mean)):  # equal values up to float rounding
+    std = 0.0
+  spread = f"{std:.1g}" if 0 < abs(std) < 0.5 * 10 ** -digits else f"{std:.{digits}f}"
+  return f"{mean:.{digits}f} ± {spread}"
 
 
 def _fid(s):
