@@ -137,6 +137,19 @@ def test_grid_cells_and_names():
   with pytest.raises(ValueError, match="data_methods"):
     study.Grid(name="a", gin_files=[], methods={"x": []}, data={"k1": []},
                data_methods={"k1": ["y"]})
+  # method_seeds: a third seed of "aug" only, at every data size (over data_seeds too), after
+  # every method's first seeds; the other cells keep their names and bindings.
+  g3 = study.Grid(name="sg", gin_files=[], methods={"none": [], "aug": ["A = 2"]},
+                  data={"k100": [], "k1000": []}, seeds=[0, 1], data_seeds={"k1000": [0]},
+                  method_seeds={"aug": [0, 1, 2]})
+  assert [c.name for c in g3.cells()] == [
+      "sg-none-k100-s0", "sg-aug-k100-s0", "sg-none-k100-s1", "sg-aug-k100-s1",
+      "sg-aug-k100-s2", "sg-none-k1000-s0", "sg-aug-k1000-s0", "sg-aug-k1000-s1",
+      "sg-aug-k1000-s2"]
+  assert g3.cells()[4].bindings == ("A = 2", "SEED = 2", "GAN.seed = %SEED")
+  for bad, match in (({"y": [3]}, "method_seeds names"), ({"none": [1, 1]}, "distinct")):
+    with pytest.raises(ValueError, match=match):
+      study.Grid(name="a", gin_files=[], methods={"none": []}, method_seeds=bad)
 
 
 def test_changed_spec_is_refused_before_any_work(tmp_path):

@@ -11,6 +11,7 @@ A study spec is a gin file (`studies/*.gin`; gin is the one config system):
     stylegan2/Grid.seeds = [0, 1, 2]                  # bound as the macro SEED
     stylegan2/Grid.data_seeds = {'k1000': [0, 1]}     # fewer seeds at a costly size
     stylegan2/Grid.data_methods = {'k1000': ['none', 'diffaug']}  # some methods only
+    stylegan2/Grid.method_seeds = {'diffaug': [0, 1, 2, 3]}  # more seeds where spreads overlap
     StudyEval.reference = @reference/ImageData()      # the true distribution
     StudyEval.feature_extractor = 'mnist'
 
@@ -118,6 +119,9 @@ class Grid:
       expensive ones).
     data_methods: {data name: method names} for data sizes that run only some methods (e.g.
       a follow-up ablation at the small size only); other data sizes run every method.
+    method_seeds: {method name: seeds} for methods that use other seeds at every data size
+      (overrides seeds and data_seeds), e.g. a third seed of two methods whose two-seed
+      ranges overlap.
     bindings: gin bindings of every cell (after gin_files, before data and method).
     seed_bindings: what a seed changes (default: `GAN.seed = %SEED`, i.e. initial weights,
       latents and augmentation; the data subset stays fixed).
@@ -134,8 +138,8 @@ class Grid:
 
   def __init__(self, name=gin.REQUIRED, gin_files=gin.REQUIRED, methods=gin.REQUIRED,
                data=None, seeds=(0,), bindings=(), seed_bindings=("GAN.seed = %SEED",),
-               baseline=None, comparisons=(), data_seeds=None, data_methods=None, after=(),
-               scored=True):
+               baseline=None, comparisons=(), data_seeds=None, data_methods=None,
+               method_seeds=None, after=(), scored=True):
     for kind, names in (("grid", [name]), ("method", list(methods)),
                         ("data", list(data or {}))):
       bad = [n for n in names if not _NAME.match(str(n))]
@@ -163,6 +167,15 @@ class Grid:
       raise ValueError(f"Grid '{name}': data_methods names data {unknown} / methods "
                        f"{unknown_m}, not among its data {list(self.data)} and methods "
                        f"{list(self.methods)}.")
+    self.method_seeds = {k: tuple(int(x) for x in v) for k, v in (method_seeds or {}).items()}
+    unknown = [k for k in self.method_seeds if k not in self.methods]
+    if unknown:
+      raise ValueError(f"Grid '{name}': method_seeds names {unknown}, not among its methods "
+                       f"{list(self.methods)}.")
+    for k, v in [*self.data_seeds.items(), *self.method_seeds.items()]:
+      if not v or len(set(v)) != len(v):
+        raise ValueError(f"Grid '{name}': the seeds of '{k}' must be distinct and non-empty, "
+                         f"got {list(v)}.")
     self.bindings = tuple(bindings)
     self.seed_bindings = tuple(seed_bindings)
     self.baseline = baseline or next(iter(self.methods))
@@ -177,9 +190,13 @@ class Grid:
     out = []
     # Seed by seed, so that a study stopped early has every method at its first seeds.
     for data, data_b in self.data.items():
-      for seed in self.data_seeds.get(data, self.seeds):
+      data_seeds = self.data_seeds.get(data, self.seeds)
+      extra_seeds = set().union(*self.method_seeds.values()) - set(data_seeds)
+      all_seeds = [*data_seeds, *sorted(extra_seeds)]
+      for seed in all_seeds:
         for method, method_b in self.methods.items():
-          if method not in self.data_methods.get(data, self.methods):
+          if (method not in self.data_methods.get(data, self.methods)
+              or seed not in self.method_seeds.get(method, data_seeds)):
             continue
           out.append(Cell(self.name, method, data, seed, self.gin_files,
                           tuple(extra) + self.bindings + data_b + method_b + (f"SEED = {seed}",) +
