@@ -181,6 +181,34 @@ def test_memorisation_distances_match_brute_force_and_chunking():
   assert mem.memorisation_rate(samples, dup)["train_nn_median"] == 0.0
 
 
+def test_memorisation_rate_with_mirrors_matches_brute_force():
+  # mirror=True: the keys are the training images and their mirrors; the threshold's
+  # nearest "other" image excludes an image's own mirror.
+  rng = np.random.RandomState(2)
+  train = rng.randint(0, 256, [19, 4, 6, 3]).astype(np.uint8)
+  samples = np.concatenate([train[:5, :, ::-1], rng.randint(0, 256, [9, 4, 6, 3])]).astype(
+      np.uint8)
+  t = train.reshape(19, -1).astype(np.float64)
+  tm = train[:, :, ::-1].reshape(19, -1).astype(np.float64)
+  s = samples.reshape(14, -1).astype(np.float64)
+  dist = lambda a, b: np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
+  d_ts = np.minimum(dist(s, t), dist(s, tm)).min(1)
+  d_tt = np.minimum(dist(t, t), dist(t, tm))
+  np.fill_diagonal(d_tt, np.inf)
+  train_median = np.median(d_tt.min(1))
+  for max_elements in (1, 2 ** 23):
+    got = mem.memorisation_rate(samples, train, 0.9, mirror=True, max_elements=max_elements)
+    assert got["train_nn_median"] == pytest.approx(train_median, rel=1e-6)
+    assert got["nn_distance_median"] == pytest.approx(np.median(d_ts), rel=1e-6)
+    assert got["memorisation_rate"] == np.mean(d_ts < 0.9 * train_median)
+  # The five mirrored copies count with mirror=True (and only then, on random images).
+  assert mem.memorisation_rate(samples[:5], train, mirror=True)["memorisation_rate"] == 1.0
+  assert mem.memorisation_rate(samples[:5], train)["memorisation_rate"] == 0.0
+  # Symmetric images are their own mirrors: that is not "another" image (threshold > 0).
+  sym = np.concatenate([train[:, :, :3], train[:, :, :3][:, :, ::-1]], axis=2)
+  assert mem.memorisation_rate(sym, sym, mirror=True)["train_nn_median"] > 0
+
+
 def test_memorisation_rate_rejects_bad_inputs():
   a = np.zeros([4, 8, 8, 1], np.uint8)
   with pytest.raises(ValueError, match="same"):

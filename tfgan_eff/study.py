@@ -681,6 +681,8 @@ class _CellEvaluation:
     self.kimg_per_step = self.gan.disc_iters * self.batch / 1000.0
     self.train_images = self.data.images
     self.train_labels = self.data.true_labels
+    # Trained on x-flips: a mirrored training image is a copy too.
+    self.mirror = bool(self.data.random_flip)
     train_keys = set(_image_keys(self.train_images))
     ref = ev.reference
     self.heldout = self.heldout_labels = None
@@ -697,7 +699,8 @@ class _CellEvaluation:
     if self.heldout is not None and len(self.heldout):
       from tfgan_eff.eval.memorisation import memorisation_rate  # pylint: disable=import-outside-toplevel
       self.real_memorisation = memorisation_rate(
-          self.heldout[:ev.memorisation_samples], self.train_images)["memorisation_rate"]
+          self.heldout[:ev.memorisation_samples], self.train_images,
+          mirror=self.mirror)["memorisation_rate"]
     self._tf = tf
     # A cell trained on some classes of a labelled source, scored by a classifier of that
     # source's classes (the MNIST LeNet on MNIST digits): the share of samples it puts in the
@@ -783,7 +786,8 @@ class _CellEvaluation:
     if gan.num_classes > 1:
       row.update(self.conditioning(samples, labels))
     row.update(self.class_rows(samples))
-    row.update(memorisation_rate(samples[:ev.memorisation_samples], self.train_images))
+    row.update(memorisation_rate(samples[:ev.memorisation_samples], self.train_images,
+                                 mirror=self.mirror))
     row.update(augmentation_leak(samples))
     row.update({f"real_{k}": v for k, v in self.real_leak.items()})
     if self.real_memorisation is not None:
@@ -1146,8 +1150,9 @@ def markdown(agg, grids, title="Study"):
            "evaluated checkpoints (*memo at best*: at the best-FID one); *final*: at the last "
            "one. FID/KID against the reference "
            "set (the true distribution); *FID train*: against the training images. *memo*: "
-           "share of samples nearer a training image (pixels) than half the median "
-           "train-train nearest-neighbour distance (unseen real images: in brackets). "
+           "share of samples nearer a training image (pixels; or its mirror image, in cells "
+           "trained on x-flips) than half the median train-train nearest-neighbour distance "
+           "(unseen real images: in brackets). "
            "*leak*: share of samples with a constant fill-valued square or border (real "
            "images: in brackets). *gap t−h*: D's "
            "mean logit on its training reals minus on unseen reals; *gap r−f*: training reals "

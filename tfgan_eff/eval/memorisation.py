@@ -50,7 +50,7 @@ def _nn_distances(queries, keys, exclude_self=False, max_elements=2 ** 23):
   return out
 
 
-def memorisation_rate(samples, train_images, threshold_fraction=0.5, *,
+def memorisation_rate(samples, train_images, threshold_fraction=0.5, *, mirror=False,
                       max_elements=2 ** 23):
   """Share of samples that are near-copies of a training image, by pixel L2 distance.
 
@@ -67,11 +67,17 @@ def memorisation_rate(samples, train_images, threshold_fraction=0.5, *,
   is 0 and nothing counts as memorised. Pixel distance catches copies, not near-copies
   that are shifted or re-stroked.
 
+  `mirror=True` is for a generator trained on x-flipped images (`ImageData.random_flip`):
+  the mirror image of a training image is then a training image too, so a sample's nearest
+  training image is sought among both, and the threshold's "nearest other" image among
+  the others and their mirrors (not an image's own mirror).
+
   Args:
     samples: uint8 [N, H, W, C] (e.g. generated images).
     train_images: uint8 [M, H, W, C], M >= 2, the same H, W, C as `samples`.
     threshold_fraction: the threshold as a fraction of the training set's median
       nearest-neighbour distance.
+    mirror: count the training images' left-right mirror images as training images.
     max_elements: entries of a distance block held in memory at once (float64); 2**23 keeps
       10,000 × 10,000 images of 32×32 under ~300 MB.
 
@@ -98,6 +104,12 @@ def memorisation_rate(samples, train_images, threshold_fraction=0.5, *,
     raise ValueError(f"threshold_fraction must be > 0, got {threshold_fraction}.")
   train_nn = _nn_distances(t, t, exclude_self=True, max_elements=max_elements)
   sample_nn = _nn_distances(s, t, max_elements=max_elements)
+  if mirror:
+    # Row i of the mirrored keys is image i's own mirror: exclude_self leaves it out.
+    t_mirror = train_images[:, :, ::-1].reshape(len(train_images), -1)
+    train_nn = np.minimum(train_nn, _nn_distances(t, t_mirror, exclude_self=True,
+                                                  max_elements=max_elements))
+    sample_nn = np.minimum(sample_nn, _nn_distances(s, t_mirror, max_elements=max_elements))
   train_median = float(np.median(train_nn))
   return {"memorisation_rate": float(np.mean(sample_nn < threshold_fraction * train_median)),
           "nn_distance_median": float(np.median(sample_nn)),
