@@ -400,6 +400,38 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
   assert len(study.evaluate_cell(ev, str(tmp_path), c)) == 4 and not calls
 
 
+def test_a_grids_eval_every_overrides_the_studys(tmp_path, monkeypatch):
+  # StudyEval.every = 2 scores checkpoints 2 and 4 of 1..4; a grid with eval_every = 1 scores
+  # all four of its cells' checkpoints, with the same protocol; a bad value is refused.
+  calls = []
+
+  class Scorer(_Scorer):
+
+    def score(self, step, path):
+      calls.append(os.path.basename(path))
+      return {"step": step}
+
+    def write_grid(self, path, name=study.GRID_FILE):
+      del path, name
+
+  monkeypatch.setattr(study, "_CellEvaluation", Scorer)
+  ev = types.SimpleNamespace(protocol="p", every=2)
+  c, _ = _cell_with_checkpoints(tmp_path / "a", (1, 2, 3, 4))
+  assert c.eval_every is None
+  assert [r["step"] for r in study.evaluate_cell(ev, str(tmp_path / "a"), c)] == [2, 4]
+  assert calls == ["ckpt-2", "ckpt-4"]
+  calls.clear()
+  fine = study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []},
+                    eval_every=1).cells()[0]
+  assert fine.eval_every == 1 and fine.name == c.name and fine.spec() == c.spec()
+  _cell_with_checkpoints(tmp_path / "b", (1, 2, 3, 4))
+  assert [r["step"] for r in study.evaluate_cell(ev, str(tmp_path / "b"), fine)] == [1, 2, 3, 4]
+  assert calls == ["ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4"]
+  for bad in (0, 1.5, True):
+    with pytest.raises(ValueError, match="eval_every"):
+      study.Grid(name="sg", gin_files=["gin/x.gin"], methods={"none": []}, eval_every=bad)
+
+
 def test_two_processes_take_turns_scoring_a_cells_checkpoint(tmp_path, monkeypatch):
   # Another process holds the cell's scoring lock while it scores step 1: this one waits
   # instead of scoring step 1 at the same time, then finds it on file and scores only step 2.

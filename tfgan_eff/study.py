@@ -20,8 +20,9 @@ Every cell is an ordinary `bin/train` run (subprocess) in `<out>/cells/<grid>-<m
 seed's (`Grid.seed_bindings`, default `GAN.seed = %SEED`). A cell is done when its
 `cell.json` says so; a re-run skips done cells and resumes the others from their last
 checkpoint (the trainer's own exact resume). Cells keep every checkpoint; the evaluation
-scores each (or every `StudyEval.every`-th) one with one protocol: the same reference set,
-the same samples (latents fixed by `StudyEval.seed`), the same extractor. Results per cell
+scores each (or every `StudyEval.every`-th, or its grid's `Grid.eval_every`-th) one with one
+protocol: the same reference set, the same samples (latents fixed by `StudyEval.seed`), the
+same extractor. Results per cell
 are cached in `study_eval.jsonl` under a protocol key, so a re-run evaluates only what is new.
 Moving an unfinished cell to another machine: stop the study (SIGTERM: each cell saves its
 step), score its checkpoints so far (`--notrain`), and take the cell folder with its newest
@@ -92,6 +93,7 @@ class Cell:
   seed: int
   gin_files: tuple
   bindings: tuple
+  eval_every: int = None  # the grid's StudyEval.every override (None: the study's)
 
   @property
   def name(self):
@@ -134,12 +136,15 @@ class Grid:
       `"AdaFMTransfer.source = '{study_dir}/cells/source-digits0to8-all-s0'"`.
     scored: evaluate and report this grid's cells (False: a prerequisite, e.g. the source
       model, trained but not scored).
+    eval_every: score every n-th checkpoint of this grid's cells, in place of
+      `StudyEval.every` (None: the study's), e.g. 1 for a backbone whose FID turns within a
+      few checkpoints. The evaluation protocol (samples, reference, extractor) is the same.
   """
 
   def __init__(self, name=gin.REQUIRED, gin_files=gin.REQUIRED, methods=gin.REQUIRED,
                data=None, seeds=(0,), bindings=(), seed_bindings=("GAN.seed = %SEED",),
                baseline=None, comparisons=(), data_seeds=None, data_methods=None,
-               method_seeds=None, after=(), scored=True):
+               method_seeds=None, after=(), scored=True, eval_every=None):
     for kind, names in (("grid", [name]), ("method", list(methods)),
                         ("data", list(data or {}))):
       bad = [n for n in names if not _NAME.match(str(n))]
@@ -181,6 +186,11 @@ class Grid:
     self.baseline = baseline or next(iter(self.methods))
     self.comparisons = [tuple(c) for c in comparisons]
     self.after, self.scored = tuple(after), bool(scored)
+    if eval_every is not None and (isinstance(eval_every, bool) or eval_every < 1
+                                   or int(eval_every) != eval_every):
+      raise ValueError(f"Grid '{name}': eval_every must be a whole number >= 1 (or None for "
+                       f"StudyEval.every), got {eval_every!r}.")
+    self.eval_every = None if eval_every is None else int(eval_every)
     for m in [self.baseline, *[x for c in self.comparisons for x in c]]:
       if m not in self.methods:
         raise ValueError(f"Grid '{name}': '{m}' (baseline/comparisons) is not one of its "
@@ -200,7 +210,7 @@ class Grid:
             continue
           out.append(Cell(self.name, method, data, seed, self.gin_files,
                           tuple(extra) + self.bindings + data_b + method_b + (f"SEED = {seed}",) +
-                          self.seed_bindings))
+                          self.seed_bindings, self.eval_every))
     return out
 
 
@@ -939,6 +949,7 @@ def evaluate_cell(ev, out, cell, final=True, score=True):
   if ev.protocol is None:  # the extractor's weights hash is part of the key
     ev.protocol = ev.protocol_key(ev.extractor_tag())
   protocol = ev.protocol
+  every = cell.eval_every or ev.every
   have = {r["step"] for r in done if r.get("protocol") == protocol}
   if not steps:
     # A finished cell kept without its checkpoints (a study recorded in git, where the
@@ -948,14 +959,14 @@ def evaluate_cell(ev, out, cell, final=True, score=True):
     if not have:
       logging.warning("%s has no checkpoints and no evaluation under this protocol; delete "
                       "its folder to retrain it.", cell.name)
-    wanted = _scored(_checkpoint_schedule(model_dir) or sorted(have), ev.every)
+    wanted = _scored(_checkpoint_schedule(model_dir) or sorted(have), every)
     return [r for r in done if r.get("protocol") == protocol and r["step"] in wanted]
   schedule = _checkpoint_schedule(model_dir)
   if schedule:  # off-schedule checkpoints (a save on a signal) do not shift the choice;
     # a step scored before its checkpoint was deleted (a cell moved machines) still counts
-    wanted = [s for s in _scored(schedule, ev.every) if s in steps or s in have]
+    wanted = [s for s in _scored(schedule, every) if s in steps or s in have]
   else:
-    wanted = _scored(list(steps), ev.every)
+    wanted = _scored(list(steps), every)
   if final and all(s in have for s in wanted) and os.path.exists(
       os.path.join(model_dir, GRID_FILE)):
     cell_ev = _supplement(ev, model_dir, path, protocol, steps) if score else None
