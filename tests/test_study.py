@@ -317,6 +317,23 @@ class _Scorer:
     return {"in_class_rate": None}
 
 
+def _recording_scorer(monkeypatch):
+  """Puts a stand-in scorer in place that records the checkpoints it scores; -> that list."""
+  calls = []
+
+  class Scorer(_Scorer):
+
+    def score(self, step, path):
+      calls.append(os.path.basename(path))
+      return {"step": step}
+
+    def write_grid(self, path, name=study.GRID_FILE):
+      del path, name
+
+  monkeypatch.setattr(study, "_CellEvaluation", Scorer)
+  return calls
+
+
 def test_rows_scored_before_a_column_existed_get_it_from_their_checkpoints(tmp_path,
                                                                            monkeypatch):
   # in_class_rate came after these rows were scored: each step lacking it is computed once
@@ -403,18 +420,7 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
 def test_a_grids_eval_every_overrides_the_studys(tmp_path, monkeypatch):
   # StudyEval.every = 2 scores checkpoints 2 and 4 of 1..4; a grid with eval_every = 1 scores
   # all four of its cells' checkpoints, with the same protocol; a bad value is refused.
-  calls = []
-
-  class Scorer(_Scorer):
-
-    def score(self, step, path):
-      calls.append(os.path.basename(path))
-      return {"step": step}
-
-    def write_grid(self, path, name=study.GRID_FILE):
-      del path, name
-
-  monkeypatch.setattr(study, "_CellEvaluation", Scorer)
+  calls = _recording_scorer(monkeypatch)
   ev = types.SimpleNamespace(protocol="p", every=2)
   c, _ = _cell_with_checkpoints(tmp_path / "a", (1, 2, 3, 4))
   assert c.eval_every is None
@@ -438,18 +444,7 @@ def test_two_processes_take_turns_scoring_a_cells_checkpoint(tmp_path, monkeypat
   import fcntl  # pylint: disable=import-outside-toplevel
   import threading  # pylint: disable=import-outside-toplevel
   c, d = _cell_with_checkpoints(tmp_path, (1, 2))
-  calls = []
-
-  class Scorer(_Scorer):
-
-    def score(self, step, path):
-      calls.append(os.path.basename(path))
-      return {"step": step}
-
-    def write_grid(self, path, name=study.GRID_FILE):
-      del path, name
-
-  monkeypatch.setattr(study, "_CellEvaluation", Scorer)
+  calls = _recording_scorer(monkeypatch)
   ev = types.SimpleNamespace(protocol="p", every=1)
   other = open(os.path.join(d, "checkpoints", study.SCORING_LOCK), "a")  # its own open file
   fcntl.flock(other, fcntl.LOCK_EX)
