@@ -22,8 +22,8 @@ seed's (`Grid.seed_bindings`, default `GAN.seed = %SEED`). A cell is done when i
 checkpoint (the trainer's own exact resume). Cells keep every checkpoint; the evaluation
 scores each (or every `StudyEval.every`-th, or its grid's `Grid.eval_every`-th) one with one
 protocol: the same reference set, the same samples (latents fixed by `StudyEval.seed`), the
-same extractor. Results per cell
-are cached in `study_eval.jsonl` under a protocol key, so a re-run evaluates only what is new.
+same extractor. Results per cell are cached in `study_eval.jsonl` under a protocol key, so a
+re-run evaluates only what is new.
 Moving an unfinished cell to another machine: stop the study (SIGTERM: each cell saves its
 step), score its checkpoints so far (`--notrain`), and take the cell folder with its newest
 checkpoint (`ckpt-N.*`); it resumes from there and its report keeps the rows scored before.
