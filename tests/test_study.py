@@ -620,8 +620,8 @@ def test_every_spec_parses_and_every_cell_config_builds(spec):
   finally:
     gin.clear_config()
   if spec == "augment_mnist.gin":
-    # k100: 12 methods x 3 seeds; k1000: 6 methods (no ada_linear*) x 2 seeds; BigGAN 2 x 3.
-    assert len(s.cells) == 12 * 3 + 6 * 2 + 2 * 3
+    # k100: 13 methods x 3 seeds; k1000: 6 methods (no ada_linear*) x 2 seeds; BigGAN 2 x 3.
+    assert len(s.cells) == 13 * 3 + 6 * 2 + 2 * 3
     assert not [c for c in s.cells if c.data == "k1000" and "linear" in c.method]
   if spec in ZOOMS:
     # The main study's cells of one data size with only the horizon, the cadence and the
