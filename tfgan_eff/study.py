@@ -1338,8 +1338,10 @@ def plot_grids(out, study, path, best=False):
                     transform=axes[i][0].transAxes)
     for j, title, p in found:
       img = plt.imread(p)
+      # Nearest-neighbour: the samples' own pixels, not a blur of them (and a PNG a
+      # fraction of the size).
       axes[i][j].imshow(img.squeeze(), cmap="gray" if img.ndim == 2 or img.shape[-1] == 1
-                        else None, vmin=0, vmax=1)
+                        else None, vmin=0, vmax=1, interpolation="nearest")
       axes[i][j].set_title(title, fontsize=8)
   fig.tight_layout()
   fig.savefig(path + ".tmp.png", dpi=110)
