@@ -39,32 +39,27 @@ def _user_errors():
   return (ValueError, OSError, DivergenceError)
 
 
-class _Terminated(BaseException):
-  """SIGTERM outside the training loop (start-up, evaluation tools): end cleanly, 143."""
-
-
-def _on_sigterm(signum, frame):
-  del signum, frame
-  raise _Terminated()
-
-
 def run(main, tool=None):
   """absl's app.run(main) with the error handling above; `tool`: see `cli.adopt_help`."""
   if tool:
     adopt_help(tool)
 
   def wrapped(argv):
-    from tfgan_eff.training.errors import TrainingInterrupted  # pylint: disable=import-outside-toplevel
+    from tfgan_eff.training.errors import (  # pylint: disable=import-outside-toplevel
+        Terminated, TrainingInterrupted, raise_terminated)
     prog = os.path.basename(sys.argv[0])
     # The training loop installs its own handler (finish the step, save); outside it a
     # SIGTERM ends the tool like Ctrl-C does, with the exit code schedulers expect.
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
-      return main(argv)
+      result = main(argv)
+      if Terminated.received:  # its exception was lost in native code (see Terminated)
+        raise Terminated()
+      return result
     except TrainingInterrupted as e:
       print(f"{prog}: {e}", file=sys.stderr)
       sys.exit(e.exit_code)
-    except _Terminated:
+    except Terminated:
       print(f"{prog}: stopped by SIGTERM outside the training steps (nothing unsaved was "
             f"trained); re-run the same command to resume.", file=sys.stderr)
       sys.exit(128 + signal.SIGTERM)

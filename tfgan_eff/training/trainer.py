@@ -27,7 +27,7 @@ from tfgan_eff.io import atomic_write, image_grid, to_uint8, write_png
 from tfgan_eff.params import count_params
 from tfgan_eff.rng import sample_in_batches
 from tfgan_eff.training import checkpoints
-from tfgan_eff.training.errors import DivergenceError, TrainingInterrupted
+from tfgan_eff.training.errors import DivergenceError, Terminated, TrainingInterrupted
 from tfgan_eff.training.gan import GAN
 
 
@@ -153,6 +153,8 @@ class _StopOnSignal:
     self._previous = {}
 
   def __enter__(self):
+    if Terminated.received:  # a SIGTERM at start-up whose exception native code swallowed
+      raise Terminated()
     if threading.current_thread() is threading.main_thread():
       for sig in self.SIGNALS:
         self._previous[sig] = signal.signal(sig, self._handle)
