@@ -53,7 +53,7 @@ def run(main, tool=None):
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
       result = main(argv)
-      if Terminated.received:  # its exception was lost in native code (see Terminated)
+      if Terminated.received:  # its exception was lost (see Terminated)
         raise Terminated()
       return result
     except TrainingInterrupted as e:

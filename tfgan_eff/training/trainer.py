@@ -153,7 +153,7 @@ class _StopOnSignal:
     self._previous = {}
 
   def __enter__(self):
-    if Terminated.received:  # a SIGTERM at start-up whose exception native code swallowed
+    if Terminated.received:  # a start-up SIGTERM whose exception was lost (see Terminated)
       raise Terminated()
     if threading.current_thread() is threading.main_thread():
       for sig in self.SIGNALS:
