@@ -620,9 +620,12 @@ def test_every_spec_parses_and_every_cell_config_builds(spec):
   finally:
     gin.clear_config()
   if spec == "augment_mnist.gin":
-    # k100: 13 methods x 3 seeds; k1000: 6 methods (no ada_linear*) x 2 seeds; BigGAN 2 x 3.
-    assert len(s.cells) == 13 * 3 + 6 * 2 + 2 * 3
-    assert not [c for c in s.cells if c.data == "k1000" and "linear" in c.method]
+    # k100: 12 methods x 3 seeds, ada_linear x 5, diffaug_ctc_sepreg x 2; k1000: 6 methods
+    # (no ada_linear*, no *_sepreg) x 2 seeds; BigGAN 2 x 3.
+    assert len(s.cells) == 12 * 3 + 5 + 2 + 6 * 2 + 2 * 3
+    assert not [c for c in s.cells if c.data == "k1000" and ("linear" in c.method
+                                                             or "sepreg" in c.method)]
+    assert sorted(c.seed for c in s.cells if c.method == "ada_linear") == [0, 1, 2, 3, 4]
   if spec in ZOOMS:
     # The main study's cells of one data size with only the horizon, the cadence and the
     # way the source is named changed: what both score at a step is comparable.
