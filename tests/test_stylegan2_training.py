@@ -16,6 +16,8 @@ import tensorflow as tf
 from conftest import ROOT
 from test_training import LINEAR_ADAM, _one_device, _weights
 from tfgan_eff import export
+from tfgan_eff.augment.base import Augmenter
+from tfgan_eff.augment.diffaugment import DiffAugment
 from tfgan_eff.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from tfgan_eff.objectives.adversarial import R1Penalty
 from tfgan_eff.objectives.path_length import PathLengthPenalty, path_lengths
@@ -172,7 +174,7 @@ def test_ema_by_half_life_and_ramp_up():
 
 # ------------------------------------------------------------------ separate lazy steps
 
-def _two_phase_gan(terms, separate=None):
+def _two_phase_gan(terms, **gan_kwargs):
   """A tiny unconditional StyleGAN2 GAN, built, with Adam at beta_1 = 0 (as StyleGAN2)."""
   from tfgan_eff.objectives.adversarial import Adversarial
   from tfgan_eff.training.optimizers import adam
@@ -181,7 +183,8 @@ def _two_phase_gan(terms, separate=None):
             discriminator=functools.partial(StyleGAN2Discriminator, resolution=16, channels=1,
                                             fmap_base=128, fmap_max=8),
             terms=[Adversarial(loss="non_saturating"), *terms],
-            g_optimizer=adam(0.01, 0.0, 0.99), d_optimizer=adam(0.01, 0.0, 0.99), seed=3)
+            g_optimizer=adam(0.01, 0.0, 0.99), d_optimizer=adam(0.01, 0.0, 0.99), seed=3,
+            **gan_kwargs)
   gan.build(8, (16, 16, 1))
   return gan
 
@@ -229,6 +232,48 @@ def test_separate_regularization_steps_are_the_reference_phases():
   sep.g_step(batch, tf.constant(1, tf.int64))
   assert float(m["r1_penalty"]) == 0.0
   assert int(sep.d_optimizer.iterations) == 3 and int(sep.g_optimizer.iterations) == 3
+
+
+class _RecordingAugment(Augmenter):
+  """DiffAugment translation that records the seed of every draw it is asked for."""
+
+  def __init__(self):
+    self.inner, self.seeds = DiffAugment(policy="translation"), []
+
+  def __call__(self, images, rng):
+    self.seeds.append(tuple(rng.seed.numpy().tolist()))
+    return self.inner(images, rng)
+
+
+@pytest.mark.parametrize("mode", ["same", "fresh"])
+def test_separate_r1_step_augmentation_draw(mode):
+  """`GAN.reg_step_augmentation`: the separate R1 step sees the ordinary step's augmented
+  reals ('same') or a new draw ('fresh', as the reference's Dreg phase), and its penalty is
+  R1 at that draw with D as the ordinary step left it."""
+  batch = {"images": tf.random.stateless_uniform([8, 16, 16, 1], [4, 5], -1.0, 1.0),
+           "labels": tf.zeros([8], tf.int32), "true_labels": tf.zeros([8], tf.int32)}
+  step, zero = tf.constant(0, tf.int64), tf.constant(0, tf.int64)
+  aug = _RecordingAugment()
+  r1 = dict(gamma=10.0, interval=4)
+  sep = _two_phase_gan([R1Penalty(**r1, separate_step=True)], augment=aug,
+                       reg_step_augmentation=mode)
+  m = sep.d_step(batch, step, zero)
+  real, fake, reg = aug.seeds  # the main pass's reals and fakes, then R1's reals
+  assert real != fake
+  assert (reg == real) if mode == "same" else (reg not in (real, fake))
+
+  ref = _two_phase_gan([], augment=_RecordingAugment())  # Dmain alone, same weights and draws
+  ref.d_step(batch, step, zero)
+  assert ref.augment.seeds == [real, fake]
+  ctx = ref._context("d", step, zero, batch)
+  ctx.real_aug_seed = tf.constant(reg, tf.int64)
+  want = float(tf.reduce_mean(R1Penalty(**r1).penalty(ctx)))
+  np.testing.assert_allclose(float(m["r1_penalty"]), want, rtol=1e-5)
+
+
+def test_reg_step_augmentation_is_checked():
+  with pytest.raises(ValueError, match="reg_step_augmentation must be 'same' or 'fresh'"):
+    _two_phase_gan([], reg_step_augmentation="new")
 
 
 # ------------------------------------------------------------------ Trainer, 2 replicas

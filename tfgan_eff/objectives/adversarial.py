@@ -67,9 +67,10 @@ class R1Penalty(Term):
       augmentation (ADA, DiffAugment's ns_DiffAugment_r1); "augmented" with respect to the
       augmented reals (DiffAugment's ns_r1_DiffAugment).
     separate_step: with `interval > 1`, the penalty takes an optimizer step of its own
-      after the ordinary D step (stylegan2-ada-pytorch's Dreg phase, on the same reals and
-      augmentation draw, with D as updated by that step) instead of being added to the
-      ordinary step's loss; pair it with `lazy_adam`'s lr and beta factors, as the reference.
+      after the ordinary D step (stylegan2-ada-pytorch's Dreg phase, on the same reals, with D
+      as updated by that step; the augmentation draw: `GAN.reg_step_augmentation`) instead of
+      being added to the ordinary step's loss; pair it with `lazy_adam`'s lr and beta
+      factors, as the reference.
   """
 
   def __init__(self, gamma=10.0, interval=1, wrt="reals", separate_step=False, name="r1"):
@@ -85,7 +86,7 @@ class R1Penalty(Term):
     return self.interval if self.separate_step and network == "d" else 0
 
   def penalty(self, ctx):
-    """Per-example ‖∇_x D(x)‖² with the same augmentation draw as the main pass."""
+    """Per-example ‖∇_x D(x)‖² at the context's augmentation draw of the reals."""
     x = ctx.reals if self.wrt == "reals" else ctx.augment_reals(ctx.reals)
     with tf.GradientTape() as tape:
       tape.watch(x)

@@ -12,7 +12,8 @@ cross-replica context after the G step. The whole training step reads top to bot
       loss = Σ term.d_loss(ctx)                 # adversarial, R1, heads' losses ...
       step D (+ term.d_variables()); term.after_d_step; augment.update(d_real logits)
       due lazy regularization (terms' regularization_interval('d')): an extra D step on
-      Σ term.d_reg_loss(ctx) alone (the reference's Dreg phase; the same for G: Greg)
+      Σ term.d_reg_loss(ctx) alone (the reference's Dreg phase; the same for G: Greg),
+      with the step's augmentation draw or, `reg_step_augmentation='fresh'`, a new one
       metrics: the terms', d_loss, d_grad_norm, augment.metrics()
     G step:
       z, y_fake; real and fake augmentation seeds
@@ -22,14 +23,17 @@ cross-replica context after the G step. The whole training step reads top to bot
 
 Every draw of a step comes from one SampleRNG, seeded by (GAN.seed, step, phase), in the
 order written above (D: z, y_fake, G's rng, real seed, fake seed; G: z, y_fake, real seed,
-fake seed, G's rng); terms draw after that. The order is part of a run's reproducibility:
-changing it changes every run.
+fake seed, G's rng); terms draw after that (a 'fresh' regularization step's real and fake
+seeds are the next two draws after the ordinary step's terms). The order is part of a run's
+reproducibility: changing it changes every run.
 
 Two more hooks keep methods out of this file: `warm_start(gan)` runs once the networks exist
 and before the optimizers do (transfer learning: load, freeze, wrap; it may give variables
 an optimizer of their own, `own_optimizer`); `make_discriminator` gives terms a fresh D of
 the same configuration (momentum copies, as InsGen's).
 """
+
+import dataclasses
 
 import gin
 import keras
@@ -81,6 +85,11 @@ class GAN(tf.Module):
       optimizers are (e.g. `@AdaFMTransfer()`: load a source model, freeze, wrap layers;
       `@RunWarmStart()`: fine-tune a run). G_ema then starts as a copy of G, unless the
       warm start has a true attribute `loads_g_ema`.
+    reg_step_augmentation: the augmentation draw of the separate lazy-regularization steps
+      (terms with `separate_step`, e.g. R1 through ADA): 'same' reuses the ordinary step's
+      real and fake draws (R1 at the very augmented reals D was just stepped on); 'fresh'
+      draws new ones, as stylegan2-ada-pytorch's Dreg phase, which runs D anew through the
+      augmentation pipe. No effect without separate steps or without augmentation.
     seed: seeds all per-step randomness (latents, labels, augmentation).
     mixed_precision: None (float32), 'mixed_bfloat16' or 'mixed_float16' (with dynamic loss
       scaling): the compute dtype of G and D; see `tfgan_eff.precision` for what stays
@@ -90,10 +99,15 @@ class GAN(tf.Module):
   def __init__(self, generator=gin.REQUIRED, discriminator=gin.REQUIRED, terms=None,
                augment=None, g_optimizer=None, d_optimizer=None, disc_iters=1,
                ema_decay=0.999, ema_start_step=0, ema_kimg=None, ema_rampup=None,
-               warm_start=None, seed=0, mixed_precision=None, name="gan"):
+               warm_start=None, reg_step_augmentation="same", seed=0, mixed_precision=None,
+               name="gan"):
     super().__init__(name=name)
     if disc_iters < 1:
       raise ValueError(f"GAN.disc_iters must be >= 1, got {disc_iters}.")
+    if reg_step_augmentation not in ("same", "fresh"):
+      raise ValueError(f"GAN.reg_step_augmentation must be 'same' or 'fresh', got "
+                       f"{reg_step_augmentation!r}.")
+    self.reg_step_augmentation = reg_step_augmentation
     self.mixed_precision = precision.check_policy(mixed_precision)
     keras.utils.set_random_seed(seed)  # initial weights follow the config seed
     self._generator_factory = generator
@@ -372,11 +386,11 @@ class GAN(tf.Module):
     """The separate lazy-regularization step of `network` ('d' or 'g'; the reference's
     Dreg / Greg phase): on the steps due (D step or G step index % interval == 0), an extra
     step of the network's optimizer on the terms' `d_reg_loss` / `g_reg_loss` alone, with
-    the same context (reals, latents, augmentation seeds) and the weights the ordinary step
-    just made. Terms compute their loss as 0 on other steps (their own `tf.cond`), and the
-    optimizer step is taken only when due. Adds its metrics (`<network>_reg_loss` and the
-    terms') to `metrics`; -> this replica's share of 1.0 if the update was skipped as
-    non-finite (`skip_nonfinite`), else 0."""
+    the same context (reals, latents; augmentation seeds: `reg_step_augmentation`) and the
+    weights the ordinary step just made. Terms compute their loss as 0 on other steps (their
+    own `tf.cond`), and the optimizer step is taken only when due. Adds its metrics
+    (`<network>_reg_loss` and the terms') to `metrics`; -> this replica's share of 1.0 if the
+    update was skipped as non-finite (`skip_nonfinite`), else 0."""
     intervals = {t.regularization_interval(network) for t in self.terms} - {0}
     if not intervals:
       return tf.constant(0.0)
@@ -387,6 +401,9 @@ class GAN(tf.Module):
     due = tf.equal(tf.cast(counter, tf.int64) % intervals.pop(), 0)
     method = "d_reg_loss" if network == "d" else "g_reg_loss"
     variables = self.d_variables() if network == "d" else self.g_variables()
+    if self.reg_step_augmentation == "fresh":
+      ctx = dataclasses.replace(ctx, real_aug_seed=ctx.rng.next_seed(),
+                                fake_aug_seed=ctx.rng.next_seed())
     with tf.GradientTape() as tape:
       total, reg_metrics = self._sum_terms(ctx, method)
       scaled = self._scaled(network, total)
