@@ -6,10 +6,11 @@ probe trains a small 8-way classifier on real MNIST digits (the extractor's 8,00
 training split, each under a random one of the 8 flips/rotations), reports its held-out
 accuracy and the share of *upright* unseen real digits it calls non-upright (the base rate:
 0, 1 and 8 look alike under some of them), then that share on every k = 100 cell's
-36-sample final grid (`cells/*/study_grid.png`). A prototype for an evaluator check, not one:
-36 samples per cell, a high base rate.
+36-sample final grid (`cells/*/study_grid.png`), or on the sample grids given (e.g. 400
+samples of a run's last checkpoint: `bin/sample --model_dir=<cell> --num=400`). A prototype
+for an evaluator check, not one: a high base rate, grids of 32 px tiles only.
 
-  python tools/orientation_probe.py [--mnist=../shared/data/mnist/t10k-images-idx3-ubyte.gz]
+  python tools/orientation_probe.py [--mnist=<t10k-images-idx3-ubyte.gz>] [grid.png ...]
 """
 
 import argparse
@@ -49,6 +50,8 @@ def main():
   ap.add_argument("--mnist", default=os.path.join(ROOT, "..", "shared", "data", "mnist",
                                                   "t10k-images-idx3-ubyte.gz"))
   ap.add_argument("--study", default=os.path.join(ROOT, "docs", "studies", "augment_mnist"))
+  ap.add_argument("grids", nargs="*", help="sample grids of 32 px tiles (default: the "
+                  "study's k = 100 final grids)")
   args = ap.parse_args()
   images, _ = features._load_mnist(args.mnist)  # pylint: disable=protected-access
   train, test = features.mnist_split(len(images))
@@ -72,10 +75,12 @@ def main():
 
   print(f"held-out 8-way accuracy {model.evaluate(xv, kv, verbose=0)[1]:.3f}")
   print(f"unseen real upright digits called non-upright: {non_upright(x[test]):.3f}")
-  for path in sorted(glob.glob(os.path.join(args.study, "cells", "*-k100-s*", "study_grid.png"))):
+  grids = args.grids or sorted(glob.glob(os.path.join(args.study, "cells", "*-k100-s*",
+                                                     "study_grid.png")))
+  for path in grids:
     tiles = grid_tiles(path)
-    print(f"{os.path.basename(os.path.dirname(path)):48s} non-upright {non_upright(tiles):.2f} "
-          f"(n={len(tiles)})")
+    name = os.path.basename(os.path.dirname(path)) if not args.grids else path
+    print(f"{name:48s} non-upright {non_upright(tiles):.2f} (n={len(tiles)})")
 
 
 if __name__ == "__main__":
