@@ -10,7 +10,7 @@ accuracy and the share of *upright* unseen real digits it calls non-upright (the
 samples of a run's last checkpoint: `bin/sample --model_dir=<cell> --num=400`). A prototype
 for an evaluator check, not one: a high base rate, grids of 32 px tiles only.
 
-  python tools/orientation_probe.py [--mnist=<t10k-images-idx3-ubyte.gz>] [grid.png ...]
+  python tools/orientation_probe.py [--mnist=<t10k-images-idx3-ubyte.gz>] [--seed=0] [grid.png ...]
 """
 
 import argparse
@@ -50,6 +50,8 @@ def main():
   ap.add_argument("--mnist", default=os.path.join(ROOT, "..", "shared", "data", "mnist",
                                                   "t10k-images-idx3-ubyte.gz"))
   ap.add_argument("--study", default=os.path.join(ROOT, "docs", "studies", "augment_mnist"))
+  ap.add_argument("--seed", type=int, default=0, help="the probe's seed (data order, "
+                  "orientations, initial weights)")
   ap.add_argument("grids", nargs="*", help="sample grids of 32 px tiles (default: the "
                   "study's k = 100 final grids)")
   args = ap.parse_args()
@@ -57,10 +59,10 @@ def main():
   train, test = features.mnist_split(len(images))
   x = features._resize_uint8(images, 32, "bilinear",  # pylint: disable=protected-access
                              antialias=True).astype("float32") / 255.0
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(args.seed)
   xt, kt = transformed(np.concatenate([x[train]] * 3), rng)
   xv, kv = transformed(x[test], rng)
-  keras.utils.set_random_seed(0)
+  keras.utils.set_random_seed(args.seed)
   model = keras.Sequential([
       keras.Input((32, 32, 1)), keras.layers.Conv2D(32, 5, activation="relu"),
       keras.layers.MaxPool2D(), keras.layers.Conv2D(64, 5, activation="relu"),
