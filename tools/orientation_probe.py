@@ -5,10 +5,12 @@ sideways, which the study's leak check (constant squares, zero borders) cannot s
 probe trains a small 8-way classifier on real MNIST digits (the extractor's 8,000-digit
 training split, each under a random one of the 8 flips/rotations), reports its held-out
 accuracy and the share of *upright* unseen real digits it calls non-upright (the base rate:
-0, 1 and 8 look alike under some of them), then that share on every k = 100 cell's
-36-sample final grid (`cells/*/study_grid.png`), or on the sample grids given (e.g. 400
-samples of a run's last checkpoint: `bin/sample --model_dir=<cell> --num=400`). A prototype
-for an evaluator check, not one: a high base rate, grids of 32 px tiles only.
+0, 1 and 8 look alike under some of them), then that share, and the samples' mean
+probability of the upright orientation over the real digits' (steadier across probe
+seeds), on every k = 100 cell's 36-sample final grid (`cells/*/study_grid.png`), or on the
+sample grids given (e.g. 400 samples of a run's last checkpoint: `bin/sample
+--model_dir=<cell> --num=400`). A prototype for an evaluator check, not one: its
+calibration moves with its seed, grids of 32 px tiles only.
 
   python tools/orientation_probe.py [--mnist=<t10k-images-idx3-ubyte.gz>] [--seed=0] [grid.png ...]
 """
@@ -72,17 +74,24 @@ def main():
                 metrics=["accuracy"])
   model.fit(xt, kt, batch_size=128, epochs=4, verbose=0)
 
-  def non_upright(a):
-    return float((model.predict(a, verbose=0).argmax(1) != 0).mean())
+  def scores(a):
+    """(share called not upright, mean probability of upright)."""
+    logits = model.predict(a, verbose=0)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return float((logits.argmax(1) != 0).mean()), float(p[:, 0].mean())
 
   print(f"held-out 8-way accuracy {model.evaluate(xv, kv, verbose=0)[1]:.3f}")
-  print(f"unseen real upright digits called non-upright: {non_upright(x[test]):.3f}")
+  real_share, real_p = scores(x[test])
+  print(f"unseen real upright digits: non-upright {real_share:.3f}, P(upright) {real_p:.3f}")
   grids = args.grids or sorted(glob.glob(os.path.join(args.study, "cells", "*-k100-s*",
                                                      "study_grid.png")))
   for path in grids:
     tiles = grid_tiles(path)
     name = os.path.basename(os.path.dirname(path)) if not args.grids else path
-    print(f"{name:48s} non-upright {non_upright(tiles):.2f} (n={len(tiles)})")
+    share, p_up = scores(tiles)
+    print(f"{name:48s} non-upright {share:.2f}  P(upright) / reals' {p_up / real_p:.2f} "
+          f"(n={len(tiles)})")
 
 
 if __name__ == "__main__":
