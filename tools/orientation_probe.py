@@ -42,6 +42,9 @@ def transformed(images, rng):
 def grid_tiles(path, size=32):
   g = plt.imread(path)
   g = g[..., 0] if g.ndim == 3 else g
+  if g.shape[0] != g.shape[1] or g.shape[0] % size:
+    raise SystemExit(f"{path}: {g.shape[0]}x{g.shape[1]} is not a square grid of {size} px "
+                     f"tiles (bin/sample writes one for a 32 px run).")
   n = g.shape[0] // size
   g = g[:n * size, :n * size].reshape(n, size, n, size).transpose(0, 2, 1, 3)
   return g.reshape(-1, size, size, 1).astype("float32")
