@@ -359,7 +359,7 @@ def test_rows_scored_before_a_column_existed_get_it_from_their_checkpoints(tmp_p
       return {"in_class_rate": step / 10, "real_in_class_rate": 0.99}
 
   monkeypatch.setattr(study, "_CellEvaluation", Scorer)
-  ev = types.SimpleNamespace(protocol="p", every=1)
+  ev = types.SimpleNamespace(protocol="p", every=1, orientation=None)
   rows = study.evaluate_cell(ev, str(tmp_path), c)
   assert calls == ["ckpt-1", "ckpt-2"]
   assert sorted((r["step"], r["fid"], r["in_class_rate"]) for r in rows) == [
@@ -380,6 +380,56 @@ def test_rows_scored_before_a_column_existed_get_it_from_their_checkpoints(tmp_p
     f.write("Trainer.checkpoint_every = 2\nTrainer.train_steps = 2\n")
   assert study.evaluate_cell(ev, str(tmp_path), c, score=False)[0]["in_class_rate"] == 0.2
   assert not calls
+
+
+def test_the_orientation_check_scores_new_rows_and_fills_in_rows_scored_before_it(tmp_path,
+                                                                                 monkeypatch):
+  # Rows scored before the check was switched on lack `upright`: while it is off they are
+  # complete; switched on, each gets it from its checkpoint, once.
+  c, d = _cell_with_checkpoints(tmp_path, (1, 2))
+  with open(os.path.join(d, study.EVAL_FILE), "w") as f:
+    f.writelines(json.dumps({"protocol": "p", "step": s, "fid": 9.0 - s,
+                             "in_class_rate": None}) + "\n" for s in (1, 2))
+  open(os.path.join(d, study.GRID_FILE), "w").close()
+  with open(os.path.join(d, study.BEST_GRID_META), "w") as f:
+    f.write('{"step": 2}\n')
+  calls = []
+
+  class Scorer(_Scorer):
+    def score(self, step, path):
+      raise AssertionError("nothing to rescore")
+
+    def supplement(self, step, path):
+      calls.append(step)
+      return {"in_class_rate": None, "upright": 0.5 + step / 10, "real_upright": 0.9}
+
+  monkeypatch.setattr(study, "_CellEvaluation", Scorer)
+  off = types.SimpleNamespace(protocol="p", every=1, orientation=None)
+  assert [r.get("upright") for r in study.evaluate_cell(off, str(tmp_path), c)] == [None, None]
+  assert not calls
+  on = types.SimpleNamespace(protocol="p", every=1, orientation="dihedral")
+  rows = study.evaluate_cell(on, str(tmp_path), c)
+  assert calls == [1, 2] and [r["upright"] for r in rows] == [0.6, 0.7]
+  assert len(study.evaluate_cell(on, str(tmp_path), c)) == 2 and calls == [1, 2]
+  # The summary and the table: the final checkpoint's ratio to the reals'.
+  summary = study.per_cell_summary([{**r, "grid": "g"} for r in rows])
+  assert summary["final_upright_ratio"] == pytest.approx(0.7 / 0.9)
+
+
+def test_markdown_upright_column_says_how_many_seeds_have_it():
+  rows = [_row("none", 0, 100, 20.0, upright=0.45, real_upright=0.9),
+          _row("none", 1, 100, 22.0, upright=0.81, real_upright=0.9),
+          _row("none", 2, 100, 24.0),  # scored before the check, weights gone
+          _row("aug", 0, 100, 10.0)]
+  grid = study.Grid(name="g", gin_files=["x.gin"], methods={"none": [], "aug": []},
+                    data={"k100": []})
+  md = study.markdown(study.aggregate(rows), [grid])
+  line = next(x for x in md.splitlines() if x.startswith("| none |"))
+  assert "| 0.70 ± 0.28 (2 of 3 seeds) |" in line
+  line = next(x for x in md.splitlines() if x.startswith("| aug |"))
+  assert line.count("| – |") >= 2  # no ratio (and no leak figures) without the check
+  with pytest.raises(ValueError, match="orientation must be None or one of"):
+    study.StudyEval(feature_extractor="digits", orientation="flips")
 
 
 def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_checkpoint(
@@ -409,7 +459,7 @@ def test_a_rescore_fills_in_missing_steps_and_draws_the_grid_from_the_last_check
       assert name == study.GRID_FILE  # no FID in these rows: no best grid
 
   monkeypatch.setattr(study, "_CellEvaluation", Scorer)
-  ev = types.SimpleNamespace(protocol="p", every=1)
+  ev = types.SimpleNamespace(protocol="p", every=1, orientation=None)
   rows = study.evaluate_cell(ev, str(tmp_path), c)
   assert calls == [("score", "ckpt-1"), ("grid", "ckpt-4")]
   assert sorted(r["step"] for r in rows) == [1, 2, 3, 4]
@@ -421,7 +471,7 @@ def test_a_grids_eval_every_overrides_the_studys(tmp_path, monkeypatch):
   # StudyEval.every = 2 scores checkpoints 2 and 4 of 1..4; a grid with eval_every = 1 scores
   # all four of its cells' checkpoints, with the same protocol; a bad value is refused.
   calls = _recording_scorer(monkeypatch)
-  ev = types.SimpleNamespace(protocol="p", every=2)
+  ev = types.SimpleNamespace(protocol="p", every=2, orientation=None)
   c, _ = _cell_with_checkpoints(tmp_path / "a", (1, 2, 3, 4))
   assert c.eval_every is None
   assert [r["step"] for r in study.evaluate_cell(ev, str(tmp_path / "a"), c)] == [2, 4]
@@ -445,7 +495,7 @@ def test_two_processes_take_turns_scoring_a_cells_checkpoint(tmp_path, monkeypat
   import threading  # pylint: disable=import-outside-toplevel
   c, d = _cell_with_checkpoints(tmp_path, (1, 2))
   calls = _recording_scorer(monkeypatch)
-  ev = types.SimpleNamespace(protocol="p", every=1)
+  ev = types.SimpleNamespace(protocol="p", every=1, orientation=None)
   other = open(os.path.join(d, "checkpoints", study.SCORING_LOCK), "a")  # its own open file
   fcntl.flock(other, fcntl.LOCK_EX)
   result = []
@@ -488,7 +538,7 @@ def test_the_best_checkpoints_grid_is_drawn_once_and_follows_a_new_best(tmp_path
       write_png(os.path.join(d, name), np.full((8, 8, 1), 200, np.uint8))
 
   monkeypatch.setattr(study, "_CellEvaluation", Scorer)
-  ev = types.SimpleNamespace(protocol="p", every=1)
+  ev = types.SimpleNamespace(protocol="p", every=1, orientation=None)
   assert len(study.evaluate_cell(ev, str(tmp_path), c)) == 3
   assert calls == [(study.BEST_GRID_FILE, "ckpt-2")]
   assert study.best_grid_step(d) == 2
@@ -706,9 +756,12 @@ def test_smoke_study_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
     assert np.isfinite(float(r["fid"])) and float(r["fid"]) > 0
     assert 0.0 <= float(r["memorisation_rate"]) <= 1.0
     assert r["gap_train_heldout"] != "" and r["gap_real_fake"] != ""
+    assert 0.0 < float(r["upright"]) <= 1.0 and 0.0 < float(r["real_upright"]) <= 1.0
     assert float(r["kimg"]) == pytest.approx(int(r["step"]) * 2 * 8 / 1000)  # 2 D steps
   md = open(os.path.join(out, "study.md")).read()
   assert "| none | 1 | 6 |" in md and "| diffaug | 1 | 6 |" in md
+  # The orientation probe was trained once, on the reference, and kept with the study.
+  assert len(glob.glob(os.path.join(out, "extractor", "orientation-dihedral-*.weights.h5"))) == 1
   for name in ("fid_curves.png", "grids.png", "grids_best.png"):
     assert os.path.getsize(os.path.join(out, name)) > 1000
 

@@ -15,6 +15,7 @@ from tfgan_eff.augment import diffaugment
 from tfgan_eff.eval import evaluator as evaluator_lib
 from tfgan_eff.eval import features as features_lib
 from tfgan_eff.eval import memorisation as mem
+from tfgan_eff.eval import orientation
 from tfgan_eff.io import to_uint8
 from tfgan_eff.rng import SampleRNG
 
@@ -289,6 +290,78 @@ def test_leaks_of_the_projects_diffaugment_are_found(mnist):
   moved = mem.augmentation_leak(to_uint8(diffaugment.translation(x, rng)))
   # Shifts in {-4..4} per axis; a band of >= 2 px in either axis: 1 - (3/9)² ≈ 0.89.
   assert 0.85 < moved["leak_border"] < 0.93 and moved["leak_square"] == 0.0
+
+
+def test_orient_is_the_dihedral_group():
+  x = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4, 1)
+  seen = {orientation.orient(x, k).tobytes() for k in range(8)}
+  assert len(seen) == 8 and orientation.orient(x, 0).tobytes() == x.tobytes()
+  np.testing.assert_array_equal(orientation.orient(x, 1), x[:, :, ::-1])
+  np.testing.assert_array_equal(orientation.orient(x, 2), np.rot90(x, 1, axes=(1, 2)))
+  np.testing.assert_array_equal(orientation.orient(x, 3, "rotations"),
+                                np.rot90(x, 3, axes=(1, 2)))
+  with pytest.raises(ValueError, match="out of range"):
+    orientation.orient(x, 4, "rotations")
+
+
+@needs_mnist
+def test_orientation_probe_flags_mirrored_and_sideways_digits(mnist, tmp_path, monkeypatch):
+  """Trained on 3,000 real digits: it tells the 8 orientations apart on held-out ones, finds
+  other unseen upright digits as upright as its own held-out ones (ratio ~1), and mirrored or
+  sideways ones far less so; kept in weights_dir, it is loaded, not retrained."""
+  _, x32, _ = mnist
+  probe = orientation.OrientationProbe(x32[:3000], train_size=6000, epochs=3, seed=0,
+                                       weights_dir=str(tmp_path))
+  assert probe.heldout_accuracy > 0.75 and 0.4 < probe.real_upright < 1.0
+  unseen = x32[5000:6000]
+  assert 0.85 < probe.upright_ratio(unseen) < 1.15
+  for k in (1, 2, 5):  # mirrored; a quarter turn; a half turn, mirrored
+    assert probe.upright_ratio(orientation.orient(unseen, k)) < 0.35, k
+  # The mean over images: a half-upright, half-mirrored batch scores the mean of its halves.
+  mirrored = orientation.orient(unseen[500:], 1)
+  want = (probe.upright(unseen[:500]) + probe.upright(mirrored)) / 2
+  assert probe.upright(np.concatenate([unseen[:500], mirrored])) == pytest.approx(want)
+  p = probe.probabilities(unseen[:10])
+  assert p.shape == (10, 8) and np.allclose(p.sum(axis=1), 1.0)
+  with pytest.raises(ValueError, match="trained on images"):
+    probe.upright(mnist[0][:4])  # 28 px, not the real set's 32
+  # Loaded from weights_dir: the same probe, no training.
+  monkeypatch.setattr(orientation, "fit_classifier", lambda *a, **k: pytest.fail("retrained"))
+  again = orientation.OrientationProbe(x32[:3000], train_size=6000, epochs=3, seed=0,
+                                       weights_dir=str(tmp_path))
+  assert again.tag == probe.tag and again.real_upright == probe.real_upright
+  np.testing.assert_allclose(again.probabilities(unseen[:50]), probe.probabilities(unseen[:50]),
+                             atol=1e-6)
+  # Other real images (or another seed) are another probe.
+  monkeypatch.undo()
+  other = orientation.OrientationProbe(x32[:2000], epochs=1, train_size=64, seed=0)
+  assert other.name != probe.name and other.name.endswith("-seed0")
+
+
+def test_orientation_probe_rotations_of_rgb_images():
+  """"rotations": 4 classes, RGB kept; synthetic photos with a sky (blue top half): the
+  probe learns where the sky is, and a quarter turn reads as not upright."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 60, [200, 16, 16, 3]).astype(np.uint8)
+  x[:, :8, :, 2] += 150
+  probe = orientation.OrientationProbe(x, transforms="rotations", resolution=16,
+                                       train_size=3200, epochs=2, seed=0)
+  assert probe.num == 4 and probe.heldout_accuracy > 0.9
+  assert probe.probabilities(x[:5]).shape == (5, 4)
+  assert probe.upright_ratio(x[:50]) > 0.9
+  assert probe.upright_ratio(orientation.orient(x[:50], 1, "rotations")) < 0.2
+
+
+def test_orientation_probe_rejects_bad_inputs():
+  x = np.zeros([40, 16, 16, 1], np.uint8)
+  with pytest.raises(ValueError, match="square images"):
+    orientation.OrientationProbe(np.zeros([40, 16, 12, 1], np.uint8))
+  with pytest.raises(ValueError, match="at least 20 real images"):
+    orientation.OrientationProbe(x[:10])
+  with pytest.raises(ValueError, match="transforms must be one of"):
+    orientation.OrientationProbe(x, transforms="flips")
+  with pytest.raises(TypeError, match="uint8"):
+    orientation.OrientationProbe(x.astype(np.float32))
 
 
 def test_augmentation_leak_rejects_bad_inputs():

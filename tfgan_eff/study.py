@@ -233,6 +233,14 @@ class StudyEval:
       train/held-out logit gap.
     memorisation_samples: samples checked for nearest training images in pixels.
     grid_samples: samples in each cell's grid image (`study_grid.png`, last checkpoint).
+    orientation: the orientation leak check (tfgan_eff.eval.orientation): "dihedral"
+      (flips and 90° rotations: digits, text), "rotations" (photos, whose mirror image is
+      natural) or None (off). A probe trained once on the reference images (without one:
+      the cell's training images) scores every checkpoint's samples: `upright`, their mean
+      probability of the upright orientation, and `real_upright`, unseen reals' (the
+      ratio is reported; ~1: as upright as real images).
+    orientation_seed: the probe's seed.
+    orientation_train_size: oriented real images the probe trains on (4 passes).
     seed: latents of the samples and KID subsets.
     batch_size: generator and D batch.
   """
@@ -240,13 +248,25 @@ class StudyEval:
   def __init__(self, reference=None, feature_extractor="inception", mnist_path=None,
                inception_path=None, download_inception=False, metrics=("fid", "kid"),
                num_samples=5000, every=1, num_heldout=2000, memorisation_samples=2000,
-               grid_samples=36, seed=2026, batch_size=250, kid_subset_size=1000):
+               grid_samples=36, orientation=None, orientation_seed=0,
+               orientation_train_size=24000, seed=2026, batch_size=250,
+               kid_subset_size=1000):
     from tfgan_eff.eval.evaluator import Evaluator  # pylint: disable=import-outside-toplevel
     self.reference = reference
     self.num_samples, self.every = int(num_samples), max(1, int(every))
     self.num_heldout, self.memorisation_samples = int(num_heldout), int(memorisation_samples)
     self.grid_samples, self.seed, self.batch_size = int(grid_samples), int(seed), batch_size
     self.metrics = tuple(metrics)
+    if orientation is not None:
+      from tfgan_eff.eval.orientation import TRANSFORMS  # pylint: disable=import-outside-toplevel
+      if orientation not in TRANSFORMS:
+        raise ValueError(f"StudyEval.orientation must be None or one of {sorted(TRANSFORMS)} "
+                         f"('dihedral' for digits, 'rotations' for photos), got "
+                         f"{orientation!r}.")
+    self.orientation, self.orientation_seed = orientation, int(orientation_seed)
+    self.orientation_train_size = int(orientation_train_size)
+    self.probe_dir = None
+    self._probes = {}
     kwargs = dict(num_samples=self.num_samples, feature_extractor=feature_extractor,
                   inception_path=inception_path, download_inception=download_inception,
                   kid_subset_size=min(kid_subset_size, self.num_samples), seed=self.seed,
@@ -268,6 +288,21 @@ class StudyEval:
     if self.feature_extractor in ("digits", "mnist"):
       self.evaluator.keep_extractor_weights_in(folder)
       self.train_evaluator.keep_extractor_weights_in(folder)
+    self.probe_dir = folder  # the orientation probe's too, for the same reason
+
+  def orientation_probe(self, images):
+    """The study's orientation probe of these real images (trained once, then loaded from
+    the study's folder), or None when the check is off."""
+    if self.orientation is None:
+      return None
+    key = (images.shape, hashlib.sha256(images.tobytes()).hexdigest())
+    if key not in self._probes:
+      from tfgan_eff.eval.orientation import OrientationProbe  # pylint: disable=import-outside-toplevel
+      self._probes[key] = OrientationProbe(images, transforms=self.orientation,
+                                           seed=self.orientation_seed,
+                                           train_size=self.orientation_train_size,
+                                           weights_dir=self.probe_dir)
+    return self._probes[key]
 
   def extractor_tag(self):
     """Builds the one feature extractor both evaluators share; -> its cache tag, or
@@ -721,6 +756,7 @@ class _CellEvaluation:
         self.data, ev.evaluator.extractor if ev.metrics_available else None)
     if self.class_subset is not None:
       self.real_in_class = self.in_class((ref if ref is not None else self.data).images)
+    self.probe = ev.orientation_probe((ref if ref is not None else self.data).images)
 
   def in_class(self, images):
     """The share of `images` the study's classifier assigns to the cell's training classes."""
@@ -732,6 +768,18 @@ class _CellEvaluation:
     if self.class_subset is None:
       return {"in_class_rate": None}
     return {"in_class_rate": self.in_class(samples), "real_in_class_rate": self.real_in_class}
+
+  def orientation_rows(self, samples):
+    """`upright` and `real_upright` (the orientation probe's), and the probe's tag; {} when
+    the check is off."""
+    if self.probe is None:
+      return {}
+    return {"upright": self.probe.upright(samples), "real_upright": self.probe.real_upright,
+            "orientation_probe": self.probe.tag}
+
+  def supplemented_rows(self, samples):
+    """The `SUPPLEMENTED` columns of these samples."""
+    return {**self.class_rows(samples), **self.orientation_rows(samples)}
 
   def samples(self, n, seed, return_labels=False):
     from tfgan_eff.training.runs import generate_uint8  # pylint: disable=import-outside-toplevel
@@ -795,7 +843,7 @@ class _CellEvaluation:
       row["fid_train"] = train_metrics["fid"]
     if gan.num_classes > 1:
       row.update(self.conditioning(samples, labels))
-    row.update(self.class_rows(samples))
+    row.update(self.supplemented_rows(samples))
     row.update(memorisation_rate(samples[:ev.memorisation_samples], self.train_images,
                                  mirror=self.mirror))
     row.update(augmentation_leak(samples))
@@ -825,11 +873,11 @@ class _CellEvaluation:
   def supplement(self, step, path):
     """The columns a row scored before they existed lacks (`SUPPLEMENTED`), from its
     checkpoint: the same samples as `score`."""
-    if self.class_subset is None:
+    if self.class_subset is None and self.probe is None:
       return {"in_class_rate": None}
     from tfgan_eff.training import checkpoints  # pylint: disable=import-outside-toplevel
     checkpoints.restore(self.ckpt, path)
-    return self.class_rows(self.samples(self.ev.num_samples, self.ev.seed))
+    return self.supplemented_rows(self.samples(self.ev.num_samples, self.ev.seed))
 
   def write_grid(self, path, name=GRID_FILE):
     """The grid of the checkpoint at `path` into the cell's `name`: the last checkpoint's
@@ -893,7 +941,14 @@ def _try_metrics(fn):
 SCORING_LOCK = ".study_eval.lock"
 # Columns added to the protocol after cells were scored: a row without them gets them from its
 # checkpoint, when the checkpoint is at hand (the other measures of the row are unchanged).
-SUPPLEMENTED = ("in_class_rate",)
+# `upright` only while the orientation check is on.
+SUPPLEMENTED = ("in_class_rate", "upright")
+
+
+def _lacks(ev, row):
+  """The `SUPPLEMENTED` columns `row` lacks under `ev`."""
+  wanted = SUPPLEMENTED if ev.orientation is not None else SUPPLEMENTED[:-1]
+  return [k for k in wanted if k not in row]
 
 
 @contextlib.contextmanager
@@ -914,8 +969,7 @@ def _supplement(ev, model_dir, path, protocol, steps, cell_ev=None):
   """Adds the `SUPPLEMENTED` columns to the cell's rows that lack them; -> the cell's
   evaluation object if one was built."""
   def lacking(r):
-    return (r.get("protocol") == protocol and r.get("step") in steps and
-            any(k not in r for k in SUPPLEMENTED))
+    return r.get("protocol") == protocol and r.get("step") in steps and _lacks(ev, r)
   if not any(lacking(r) for r in _read_jsonl(path)):
     return cell_ev
   cell_ev = cell_ev or _CellEvaluation(ev, model_dir)
@@ -927,8 +981,8 @@ def _supplement(ev, model_dir, path, protocol, steps, cell_ev=None):
           added[r["step"]] = cell_ev.supplement(r["step"], steps[r["step"]])
         r.update(added[r["step"]])
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
-  logging.info("Added %s to %d scored checkpoints of %s.", ", ".join(SUPPLEMENTED),
-               len(added), os.path.basename(model_dir))
+  logging.info("Added the columns they lacked (of %s) to %d scored checkpoints of %s.",
+               ", ".join(SUPPLEMENTED), len(added), os.path.basename(model_dir))
   return cell_ev
 
 
@@ -1017,7 +1071,7 @@ CSV_FIELDS = ["grid", "method", "data", "seed", "cell", "step", "kimg", "fid", "
               "leak_square", "leak_border", "leak_any", "real_leak_any", "d_real_train",
               "d_real_heldout", "d_fake", "gap_train_heldout", "gap_real_fake",
               "class_consistency", "label_accuracy_unlabelled", "in_class_rate",
-              "real_in_class_rate"]
+              "real_in_class_rate", "upright", "real_upright"]
 
 
 def write_csv(path, rows):
@@ -1074,6 +1128,8 @@ def per_cell_summary(rows):
     if final.get(k) is not None:
       out[f"final_{k}"] = final[k]
   out["max_leak_any"] = max(r.get("leak_any", 0.0) for r in rows)
+  if final.get("upright") is not None and final.get("real_upright"):
+    out["final_upright_ratio"] = final["upright"] / final["real_upright"]
   return out
 
 
@@ -1083,7 +1139,7 @@ SUMMARY_KEYS = ["best_fid", "best_kid", "best_kimg", "final_fid", "final_kid",
                 "final_leak_any", "max_leak_any", "final_real_leak_any",
                 "final_gap_train_heldout", "final_gap_real_fake", "final_class_consistency",
                 "final_label_accuracy_unlabelled", "best_in_class", "final_in_class_rate",
-                "final_real_in_class_rate"]
+                "final_real_in_class_rate", "final_upright_ratio"]
 
 
 def aggregate(rows):
@@ -1165,7 +1221,10 @@ def markdown(agg, grids, title="Study"):
            "trained on x-flips) than half the median train-train nearest-neighbour distance "
            "(unseen real images: in brackets). "
            "*leak*: share of samples with a constant fill-valued square or border (real "
-           "images: in brackets). *gap t−h*: D's "
+           "images: in brackets). *upright*: the orientation probe's mean probability of "
+           "the upright orientation over the samples, divided by unseen real images' (1: as "
+           "upright as real images; lower: flipped or rotated samples, an orientation leak; "
+           "–: not measured). *gap t−h*: D's "
            "mean logit on its training reals minus on unseen reals; *gap r−f*: training reals "
            "minus fakes (final checkpoint, no augmentation). *vs base*: ratio of mean best "
            "FID to the baseline; *sep.*: the seed ranges (min–max) do not overlap (–: one "
@@ -1183,8 +1242,8 @@ def markdown(agg, grids, title="Study"):
       lines += [f"### {data}", "",
                 "| method | seeds | step | best FID | vs base | sep. | best KID | best at kimg "
                 "| memo at best | final FID | final KID | FID train | memo | leak [real] "
-                "| gap t−h | gap r−f |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| upright | gap t−h | gap r−f |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
       for m in methods:
         a = agg[(g.name, data, m)]
         c = compare(a, base) if base and m != g.baseline else None
@@ -1196,13 +1255,17 @@ def markdown(agg, grids, title="Study"):
                      "yes" if c["separated"] else "no") if c else "–"
         leak = (f"{_pm(a['final_leak_any'], 100, 1)}% [{_pm(a['final_real_leak_any'], 100, 1)}%]"
                 if a["final_leak_any"] else "–")
+        upright, up = _pm(a["final_upright_ratio"], 1, 2), a["final_upright_ratio"]
+        if up and up["n"] < len(a["seeds"]):  # checkpoints gone before the check existed
+          upright += f" ({up['n']} of {len(a['seeds'])} seeds)"
         lines.append(
             f"| {m} | {len(a['seeds'])} | {a['final_step']} | {_fid(a['best_fid'])} | "
             f"{ratio} | {separated} | "
             f"{_pm(a['best_kid'], 1, 2)} | {_pm(a['best_kimg'], 1, 0)} | "
             f"{_pm(a['best_memorisation'], 1, 3)} | {_fid(a['final_fid'])} | "
             f"{_pm(a['final_kid'], 1, 2)} | {_fid(a['final_fid_train'])} | {memo} | "
-            f"{leak} | {_pm(a['final_gap_train_heldout'], 1, 2)} | "
+            f"{leak} | {upright} | "
+            f"{_pm(a['final_gap_train_heldout'], 1, 2)} | "
             f"{_pm(a['final_gap_real_fake'], 1, 2)} |")
       conditional = [m for m in methods
                      if agg[(g.name, data, m)]["final_class_consistency"] or

@@ -137,10 +137,10 @@ def _digits_training_views(images, resolution):
   ], axis=0)
 
 
-def _build_lenet(resolution, seed, name="digits_lenet"):
+def _build_lenet(resolution, seed, name="digits_lenet", num_classes=10, channels=1):
   import keras
   init = lambda i: keras.initializers.GlorotUniform(seed=seed + i)  # noqa: E731
-  x_in = keras.Input([resolution, resolution, 1])
+  x_in = keras.Input([resolution, resolution, channels])
   h = x_in
   for i, width in enumerate((16, 32, 64)):
     h = keras.layers.Conv2D(width, 3, padding="same", activation="relu",
@@ -149,8 +149,53 @@ def _build_lenet(resolution, seed, name="digits_lenet"):
   h = keras.layers.Flatten()(h)
   pool = keras.layers.Dense(128, activation="relu", kernel_initializer=init(3),
                             name="pool")(h)
-  logits = keras.layers.Dense(10, kernel_initializer=init(4), name="logits")(pool)
+  logits = keras.layers.Dense(num_classes, kernel_initializer=init(4), name="logits")(pool)
   return keras.Model(x_in, {"pool": pool, "logits": logits}, name=name)
+
+
+def save_weights(model, weights_path, info):
+  """Writes `model`'s weights to `weights_path` (…weights.h5) and `info` to the .json beside
+  it, each atomically (a reader never sees half a file)."""
+  folder = os.path.dirname(weights_path) or "."
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".weights.h5")
+  os.close(fd)
+  try:
+    model.save_weights(tmp, overwrite=True)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, weights_path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  path = weights_path[:-len(".weights.h5")] + ".json"
+  with open(path + ".tmp", "w") as f:
+    json.dump(info, f)
+  os.replace(path + ".tmp", path)
+
+
+def fit_classifier(model, x, y, epochs, batch, learning_rate, seed, augment=None):
+  """Trains a model with a "logits" output on float32 images x [n, h, w, c] and int labels
+  y: Adam, cross-entropy, `epochs` seeded shuffles in batches of `batch` (a last partial
+  batch is dropped); `augment(xb, rng)` maps each batch before the step."""
+  import keras
+  opt = keras.optimizers.Adam(learning_rate)
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  @tf.function
+  def step(xb, yb):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(yb, model(xb, training=True)["logits"])
+    grads = tape.gradient(loss, model.trainable_variables)
+    opt.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+  rng = np.random.RandomState(seed)
+  for _ in range(epochs):
+    order = rng.permutation(len(x))
+    for i in range(0, len(x) - batch + 1, batch):
+      idx = order[i:i + batch]
+      xb = x[idx] if augment is None else augment(x[idx], rng)
+      step(tf.constant(xb), tf.constant(y[idx]))
 
 
 class _LeNetClassifierExtractor(FeatureExtractor):
@@ -245,48 +290,16 @@ class _LeNetClassifierExtractor(FeatureExtractor):
     return x / 255.0
 
   def _train(self, epochs):
-    import keras
     x, y, x_held, y_held = self._training_data()
-    x = x.astype(np.float32) / 255.0
-    opt = keras.optimizers.Adam(self._learning_rate)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model = self.model
-
-    @tf.function
-    def step(xb, yb):
-      with tf.GradientTape() as tape:
-        loss = loss_fn(yb, model(xb, training=True)["logits"])
-      grads = tape.gradient(loss, model.trainable_variables)
-      opt.apply_gradients(zip(grads, model.trainable_variables))
-      return loss
-
-    rng = np.random.RandomState(self.seed)
-    bs = self._train_batch
-    for _ in range(epochs):
-      order = rng.permutation(len(x))
-      for i in range(0, len(x) - bs + 1, bs):
-        idx = order[i:i + bs]
-        step(tf.constant(self._augment(x[idx], rng)), tf.constant(y[idx]))
-    logits = model(tf.constant(x_held.astype(np.float32) / 255.0),
-                   training=False)["logits"].numpy()
+    fit_classifier(self.model, x.astype(np.float32) / 255.0, y, epochs, self._train_batch,
+                   self._learning_rate, self.seed, self._augment)
+    logits = self.model(tf.constant(x_held.astype(np.float32) / 255.0),
+                        training=False)["logits"].numpy()
     self.heldout_accuracy = float((logits.argmax(axis=1) == y_held).mean())
 
   def _save(self):
-    os.makedirs(self.weights_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=self.weights_dir, prefix=".tmp-", suffix=".weights.h5")
-    os.close(fd)
-    try:
-      self.model.save_weights(tmp, overwrite=True)
-      os.chmod(tmp, 0o644)
-      os.replace(tmp, self.weights_path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-    info = self._info_path()
-    with open(info + ".tmp", "w") as f:
-      json.dump({"heldout_accuracy": self.heldout_accuracy, "name": self.name,
-                 "seed": self.seed}, f)
-    os.replace(info + ".tmp", info)
+    save_weights(self.model, self.weights_path, {
+        "heldout_accuracy": self.heldout_accuracy, "name": self.name, "seed": self.seed})
 
   def _extract(self, images):
     if images.shape[-1] == 3:
