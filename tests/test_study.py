@@ -334,20 +334,27 @@ def _recording_scorer(monkeypatch):
   return calls
 
 
+def _scored_cell(tmp_path, rows):
+  """A finished cell with checkpoints 1 and 2, these evaluation rows on file, its grid and
+  its best grid (of step 2); -> (cell, its folder)."""
+  c, d = _cell_with_checkpoints(tmp_path, (1, 2))
+  with open(os.path.join(d, study.EVAL_FILE), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  open(os.path.join(d, study.GRID_FILE), "w").close()
+  with open(os.path.join(d, study.BEST_GRID_META), "w") as f:
+    f.write('{"step": 2}\n')
+  return c, d
+
+
 def test_rows_scored_before_a_column_existed_get_it_from_their_checkpoints(tmp_path,
                                                                            monkeypatch):
   # in_class_rate came after these rows were scored: each step lacking it is computed once
   # from its checkpoint (a step on file twice too), the rest of the row kept; rows of another
   # protocol or without a checkpoint stay as they are; then there is nothing more to do.
-  c, d = _cell_with_checkpoints(tmp_path, (1, 2))
   old = [{"protocol": "p", "step": 1, "fid": 9.0}, {"protocol": "p", "step": 2, "fid": 8.0},
          {"protocol": "p", "step": 1, "fid": 9.0}, {"protocol": "q", "step": 2, "fid": 7.0},
          {"protocol": "p", "step": 3, "fid": 6.0}]  # step 3's checkpoint was deleted
-  with open(os.path.join(d, study.EVAL_FILE), "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in old)
-  open(os.path.join(d, study.GRID_FILE), "w").close()
-  with open(os.path.join(d, study.BEST_GRID_META), "w") as f:
-    f.write('{"step": 2}\n')
+  c, d = _scored_cell(tmp_path, old)
   calls = []
 
   class Scorer(_Scorer):
@@ -386,13 +393,8 @@ def test_the_orientation_check_scores_new_rows_and_fills_in_rows_scored_before_i
                                                                                  monkeypatch):
   # Rows scored before the check was switched on lack `upright`: while it is off they are
   # complete; switched on, each gets it from its checkpoint, once.
-  c, d = _cell_with_checkpoints(tmp_path, (1, 2))
-  with open(os.path.join(d, study.EVAL_FILE), "w") as f:
-    f.writelines(json.dumps({"protocol": "p", "step": s, "fid": 9.0 - s,
-                             "in_class_rate": None}) + "\n" for s in (1, 2))
-  open(os.path.join(d, study.GRID_FILE), "w").close()
-  with open(os.path.join(d, study.BEST_GRID_META), "w") as f:
-    f.write('{"step": 2}\n')
+  c, _ = _scored_cell(tmp_path, [{"protocol": "p", "step": s, "fid": 9.0 - s,
+                                   "in_class_rate": None} for s in (1, 2)])
   calls = []
 
   class Scorer(_Scorer):
