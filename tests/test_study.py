@@ -764,7 +764,7 @@ def test_smoke_study_resumes_a_killed_cell_and_skips_finished_ones(tmp_path):
   assert "| none | 1 | 6 |" in md and "| diffaug | 1 | 6 |" in md
   # The orientation probe was trained once, on the reference, and kept with the study.
   assert len(glob.glob(os.path.join(out, "extractor", "orientation-dihedral-*.weights.h5"))) == 1
-  for name in ("fid_curves.png", "grids.png", "grids_best.png"):
+  for name in ("fid_curves.png", "upright_curves.png", "grids.png", "grids_best.png"):
     assert os.path.getsize(os.path.join(out, name)) > 1000
 
   # 3. Again: nothing is trained or evaluated twice.

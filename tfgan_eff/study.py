@@ -37,8 +37,9 @@ git: `docs/studies/`), while the weights sit on a scratch disk that outlives the
 
 Outputs in `<out>`: `study.csv` (every cell, every evaluated step), `study.md` (per grid, data
 and method: mean ± std over seeds of best and final FID/KID, best-FID step, D's logit gaps,
-memorisation, leaks; ratios to the baseline and whether the seed ranges separate),
-`fid_curves.png`, `grids.png` (each method's last checkpoint) and `grids_best.png` (its
+memorisation, leaks, orientation; ratios to the baseline and whether the seed ranges
+separate), `fid_curves.png`, `upright_curves.png` (the orientation check over training, with
+`StudyEval.orientation`), `grids.png` (each method's last checkpoint) and `grids_best.png` (its
 best-FID checkpoint; also each cell's `study_grid_best.png`) with matplotlib
 (`pip install -e '.[study]'`).
 """
@@ -1321,8 +1322,9 @@ def _pyplot():
     return None
 
 
-def plot_curves(rows, grids, path, key="fid"):
-  """FID against kimg, one panel per grid and data size: mean line, min–max band."""
+def plot_curves(rows, grids, path, key="fid", ylabel="FID", log=True):
+  """`key` (FID) against kimg, one panel per grid and data size: mean line, min–max band
+  over the seeds that have it (their count in the legend). False: nothing to plot."""
   plt = _pyplot()
   panels = [(g, d) for g in grids for d in g.data
             if any(r["grid"] == g.name and r["data"] == d and r.get(key) is not None
@@ -1347,8 +1349,9 @@ def plot_curves(rows, grids, path, key="fid"):
                       color=line.get_color(), alpha=0.2)
     ax.set_title(f"{g.name} · {d}")
     ax.set_xlabel("kimg (reals shown to D)")
-    ax.set_ylabel(key.upper())
-    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    if log:
+      ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
@@ -1426,6 +1429,11 @@ def report(out, study, rows, title):
   agg = aggregate(full)
   atomic_write(os.path.join(out, "study.md"), markdown(agg, study.grids, title))
   plot_curves(full, study.grids, os.path.join(out, "fid_curves.png"))
+  # The orientation check over training (where measured): when a leak sets in.
+  ratios = [{**r, "upright_ratio": r["upright"] / r["real_upright"]} for r in full
+            if r.get("upright") is not None and r.get("real_upright")]
+  plot_curves(ratios, study.grids, os.path.join(out, "upright_curves.png"), key="upright_ratio",
+              ylabel="P(upright), samples / real images", log=False)
   plot_grids(out, study, os.path.join(out, "grids.png"))
   plot_grids(out, study, os.path.join(out, "grids_best.png"), best=True)
   return agg
@@ -1525,7 +1533,7 @@ def run(spec_path, out, jobs=1, params=(), threads=None, train=True, evaluate=Tr
           _status_or_none(out, c) == "done"):
         rows.extend(evaluate_cell(ev, out, c, score=False))
     agg = report(out, study, rows, title)
-    logging.info("Wrote %s (study.csv, study.md, fid_curves.png, grids.png, grids_best.png).", out)
+    logging.info("Wrote %s (study.csv, study.md and the plots).", out)
   if failures:
     raise RuntimeError(f"{len(failures)} cell(s) failed: " +
                        "; ".join(name for name, _ in failures) +
