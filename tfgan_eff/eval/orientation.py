@@ -13,10 +13,10 @@ the samples are as upright as real images, towards 1/8 (digits) or 1/4 (photos) 
 orientation is random, lower when they are drawn in one wrong orientation. Content that
 looks alike under a flip or rotation (the digits 0, 1, 8) keeps the reals' own mean below 1;
 the ratio divides that out. The ratio is what proved steady across the probe's seeds (its
-arg-max share of "not upright" samples did not: its base rate on upright digits moved from
-0.02 to 0.48 between seeds of a smaller probe; docs/results.md, issue 13).
+arg-max share of "not upright" samples did not: on upright real digits it moved from 0.05
+to 0.48 between seeds of a smaller prototype; docs/results.md, issue 13).
 
-    probe = OrientationProbe(real_images)          # uint8 [N, H, W, C]; trains in ~1 min
+    probe = OrientationProbe(real_images)          # uint8 [N, H, W, C]; ~30 s on digits
     probe.heldout_accuracy, probe.real_upright
     probe.upright_ratio(samples)                    # samples: uint8 [n, H, W, C]
 
