@@ -257,8 +257,26 @@ def _read_idx(path):
   return arr.reshape(shape)
 
 
+class InMemory(Source):
+  """A source whose images are one uint8 array in memory (`self.images` [N, H, W, C],
+  `self.labels` [N] int32, -1 where unlabelled): random access for `take`."""
+
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self):
+    return len(self.images)
+
+  def __iter__(self):
+    return self.take(range(len(self.images)))
+
+  def take(self, indices):
+    for i in sorted({int(i) for i in indices}):
+      yield self.images[i], int(self.labels[i])
+
+
 @configurable
-class Arrays(Source):
+class Arrays(InMemory):
   """Images held in array files: `.npz` (keys `images`, optional `labels`) or IDX.
 
   For IDX, `path` names the images file (`*-images-idx3-ubyte[.gz]`); the labels file is
@@ -300,16 +318,10 @@ class Arrays(Source):
     self.num_classes = (num_classes if num_classes is not None
                         else (int(self.labels.max()) + 1 if labels is not None else 0))
 
-  def __len__(self):
-    return len(self.images)
-
-  def __iter__(self):
-    for x, y in zip(self.images, self.labels):
-      yield x, int(y)
 
 
 @configurable
-class Digits(Source):
+class Digits(InMemory):
   """The built-in default: the 1,797 real 8x8 handwritten digits bundled with scikit-learn.
 
   No download needed. Pixel values 0..16 are scaled to 0..255; 10 classes.
@@ -323,13 +335,6 @@ class Digits(Source):
     d = load_digits()
     self.images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     self.labels = d.target.astype(np.int32)
-
-  def __len__(self):
-    return len(self.images)
-
-  def __iter__(self):
-    for x, y in zip(self.images, self.labels):
-      yield x, int(y)
 
 
 @configurable
