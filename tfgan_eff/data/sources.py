@@ -319,7 +319,6 @@ class Arrays(InMemory):
                         else (int(self.labels.max()) + 1 if labels is not None else 0))
 
 
-
 @configurable
 class Digits(InMemory):
   """The built-in default: the 1,797 real 8x8 handwritten digits bundled with scikit-learn.
