@@ -268,7 +268,8 @@ class InMemory(Source):
     return len(self.images)
 
   def __iter__(self):
-    return self.take(range(len(self.images)))
+    for x, y in zip(self.images, self.labels):
+      yield x, int(y)
 
   def take(self, indices):
     for i in sorted({int(i) for i in indices}):
