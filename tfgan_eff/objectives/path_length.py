@@ -29,18 +29,22 @@ from tfgan_eff.objectives.base import Term
 from tfgan_eff.rng import SampleRNG
 
 
-def path_lengths(G, ws, rng):
+def path_lengths(G, ws, rng, y=None, noise_mode="random"):
   """Per-example sqrt(mean over layers of ‖J_w^T y‖²), y ~ N(0, 1)/sqrt(H·W) from `rng`.
 
-  `ws` [b, num_ws, w_dim]; the synthesis network draws its noise inputs from `rng` too.
-  Differentiable with respect to G's weights (and `ws`).
+  `ws` [b, num_ws, w_dim]; the synthesis network draws its noise inputs from `rng` too
+  (`noise_mode` as `G.synthesis`'s). `y` [b, H, W, C]: fixed projection directions (already
+  divided by sqrt(H·W)) instead of the draw. Differentiable with respect to G's weights (and
+  `ws`).
   """
   with tf.GradientTape() as tape:
     tape.watch(ws)
-    images = tf.cast(G.synthesis(ws, training=True, rng=rng), tf.float32)
-    h, w = images.shape[1], images.shape[2]
-    b = ws.shape[0] if ws.shape[0] is not None else tf.shape(ws)[0]  # images' may be lost
-    y = rng.normal([b, *images.shape[1:]]) / math.sqrt(h * w)
+    images = tf.cast(G.synthesis(ws, training=True, rng=rng, noise_mode=noise_mode),
+                     tf.float32)
+    if y is None:
+      h, w = images.shape[1], images.shape[2]
+      b = ws.shape[0] if ws.shape[0] is not None else tf.shape(ws)[0]  # images' may be lost
+      y = rng.normal([b, *images.shape[1:]]) / math.sqrt(h * w)
     out = tf.reduce_sum(images * y)
   grad = tf.cast(tape.gradient(out, ws), tf.float32)
   return tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(grad), axis=2), axis=1))
