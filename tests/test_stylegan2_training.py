@@ -320,6 +320,30 @@ def test_stylegan2_one_vs_two_replicas_give_the_same_weights(tiny_gin, tmp_path,
     assert any("pl_mean" in k for k in saved)  # checkpointed
 
 
+def test_logs_show_lazy_penalties_between_the_steps_they_run(tiny_gin, tmp_path):
+  """R1 and path length every 4 steps, as separate steps: their metrics are 0 on the steps
+  they skip; the summaries (and console log) show the latest value they had, not that 0
+  (with R1 every 16 D steps and a summary every 50 steps, a 0 was all a user saw)."""
+  tiny_gin(*SG2_TINY, "GAN.terms = [@Adversarial(), @R1Penalty(), @PathLengthPenalty()]",
+           "R1Penalty.interval = 4", "R1Penalty.separate_step = True",
+           "PathLengthPenalty.interval = 4", "PathLengthPenalty.separate_step = True",
+           "Trainer.summary_every = 1", "Trainer.log_every = 1")
+  Trainer(model_dir=str(tmp_path / "run"), strategy=_one_device(), train_steps=6).train()
+  scalars = {}
+  for name in os.listdir(tmp_path / "run" / "train"):
+    for e in tf.compat.v1.train.summary_iterator(str(tmp_path / "run" / "train" / name)):
+      for v in e.summary.value:
+        if v.HasField("tensor") and not v.tensor.string_val:
+          scalars.setdefault(v.tag.split("/")[-1], {})[e.step] = float(tf.make_ndarray(v.tensor))
+  assert not [k for k in scalars if k.endswith("_applied")]
+  # Step index 0 and 4 run the penalties; they are summarised at steps 1 and 5.
+  for k in ("r1_penalty", "d_reg_loss", "pl_penalty", "pl_length", "g_reg_loss"):
+    got = [scalars[k][step] for step in range(1, 7)]
+    assert got[0] > 0 and got[4] > 0 and got[4] != got[0], (k, got)
+    assert got[1] == got[2] == got[3] == got[0] and got[5] == got[4], (k, got)
+  assert scalars["pl_mean"][2] == scalars["pl_mean"][1] > 0
+
+
 # ------------------------------------------------------------------ export
 
 def test_export_truncation_psi_and_noise_mode_in_a_fresh_process(tmp_path):

@@ -101,11 +101,14 @@ class R1Penalty(Term):
       return ctx.mean(self.penalty(ctx))
 
     if self.interval == 1:
+      due = tf.constant(True)
       sq = apply()
     else:
-      sq = tf.cond(tf.equal(ctx.d_step % self.interval, 0), apply, lambda: tf.constant(0.0))
+      due = tf.equal(ctx.d_step % self.interval, 0)
+      sq = tf.cond(due, apply, lambda: tf.constant(0.0))
     loss = 0.5 * self.gamma * self.interval * sq
-    return loss, {"r1_penalty": sq}
+    # `r1_applied`: logs show the penalty of the latest step it ran (Trainer).
+    return loss, {"r1_penalty": sq, "r1_applied": ctx.scalar(tf.cast(due, tf.float32))}
 
   def d_loss(self, ctx):
     return (tf.constant(0.0), {}) if self.separate_step else self._loss(ctx)

@@ -29,7 +29,13 @@ class Term(tf.Module):
     return None
 
   def d_loss(self, ctx):
-    """-> (scalar loss for this replica, {name: metric}) in the D step."""
+    """-> (scalar loss for this replica, {name: metric}) in the D step.
+
+    Metrics are this replica's share (the Trainer sums them over replicas). A term that runs
+    on some steps only (lazy regularization) reports `<prefix>_applied` (1 when it ran, else
+    0; its share, `ctx.scalar`) beside its metrics `<prefix>_*`: on the other steps the
+    Trainer's logs and summaries show those metrics' values from the latest step it ran.
+    """
     return tf.constant(0.0), {}
 
   def g_loss(self, ctx):

@@ -67,8 +67,9 @@ class PathLengthPenalty(Term):
 
   Needs a style-based generator (`StyleBasedGenerator`: `mapping`, `style_mix`, `synthesis`;
   StyleGAN2Generator).
-  Metrics: `pl_penalty` (E (length − a)², unweighted; 0 on skipped steps), `pl_length`
-  (mean length; 0 on skipped steps) and `pl_mean` (a).
+  Metrics: `pl_penalty` (E (length − a)², unweighted), `pl_length` (mean length) and
+  `pl_mean` (a); 0 on the steps it skips, where the Trainer's logs and summaries show the
+  values of the latest step it ran (`pl_applied`).
   """
 
   def __init__(self, weight=2.0, interval=4, decay=0.01, batch_shrink=2, separate_step=False,
@@ -152,4 +153,4 @@ class PathLengthPenalty(Term):
     penalty = tf.reduce_sum(tf.square(lengths - new)) * on / global_b
     loss = self.weight * self.interval * penalty
     return loss, {"pl_penalty": penalty, "pl_length": tf.reduce_sum(lengths) / global_b,
-                  "pl_mean": ctx.scalar(new)}
+                  "pl_mean": ctx.scalar(new), "pl_applied": ctx.scalar(on)}

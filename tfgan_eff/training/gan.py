@@ -389,7 +389,8 @@ class GAN(tf.Module):
     the same context (reals, latents; augmentation seeds: `reg_step_augmentation`) and the
     weights the ordinary step just made. Terms compute their loss as 0 on other steps (their
     own `tf.cond`), and the optimizer step is taken only when due. Adds its metrics
-    (`<network>_reg_loss` and the terms') to `metrics`; -> this replica's share of 1.0 if the
+    (`<network>_reg_loss`, `<network>_reg_applied` and the terms') to `metrics`; -> this
+    replica's share of 1.0 if the
     update was skipped as non-finite (`skip_nonfinite`), else 0."""
     intervals = {t.regularization_interval(network) for t in self.terms} - {0}
     if not intervals:
@@ -420,6 +421,7 @@ class GAN(tf.Module):
       self._apply_gradients(network, grads, variables)
 
     metrics[f"{network}_reg_loss"] = total
+    metrics[f"{network}_reg_applied"] = ctx.scalar(tf.cast(due, tf.float32))
     skipped, overflow = self._update(update, ctx, grads, total, norm, when=due,
                                      network=network)
     if network in self.loss_scale:

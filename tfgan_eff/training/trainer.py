@@ -276,6 +276,7 @@ class Trainer:
       self.gan = GAN()
       self.gan.skip_nonfinite = on_nonfinite == "skip_step"
       self._skipped_updates, self._skips_in_a_row = 0, 0
+      self._held = {}  # the latest values of intermittent metrics (`_hold_intermittent`)
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.best_fid = tf.Variable(np.inf, dtype=tf.float32, trainable=False, name="best_fid",
@@ -486,6 +487,7 @@ class Trainer:
         stop_now = bool(metrics.pop("_stop").numpy())
         metrics = {k: float(v) for k, v in metrics.items()}
         self._check_finite(step, metrics)
+        self._hold_intermittent(metrics)
         if not operative_written:  # after the first step every configurable has been used
           atomic_write(os.path.join(self.model_dir, "operative_config.gin"),
                        gin.operative_config_str())
@@ -511,6 +513,23 @@ class Trainer:
                         self.train_steps, path)
         raise TrainingInterrupted(stop.signum, self.train_steps, path)
     logging.info("Done: step %d, checkpoint %s.", self.train_steps, path)
+
+  def _hold_intermittent(self, metrics):
+    """Metrics of work done on some steps only (lazy regularizers): a metric
+    `<prefix>_applied` (1 on the steps where it ran, else 0) marks the metrics `<prefix>_*`;
+    on the other steps they are replaced, in place, by their values from the latest step
+    where it ran, so that logs and summaries show the penalty rather than the 0 of a skipped
+    step (with R1 every 16 steps, a summary every 50 steps would otherwise never see it).
+    The flags themselves are dropped. (With `disc_iters > 1` the metrics are those of the
+    last D step of the iteration, as for every other D metric.)"""
+    for flag in [k for k in metrics if k.endswith("_applied")]:
+      prefix = flag[:-len("applied")]
+      ran = metrics.pop(flag) > 0.5
+      for k in [k for k in metrics if k.startswith(prefix)]:
+        if ran:
+          self._held[k] = metrics[k]
+        elif k in self._held:
+          metrics[k] = self._held[k]
 
   def _check_finite(self, step, metrics):
     """'stop': raises on any non-finite metric. 'skip_step': logs the updates the GAN
@@ -590,7 +609,7 @@ class Trainer:
     if step % self.log_every == 0 or last:
       eta = (self.train_steps - step) * step_time
       shown = " ".join(f"{k} {float(v):.3f}" for k, v in sorted(metrics.items())
-                       if k in ("d_loss", "g_loss", "ada_p", "r1_penalty"))
+                       if k in ("d_loss", "g_loss", "ada_p", "r1_penalty", "pl_penalty"))
       speed = (f"{per_step / step_time:.1f} img/s | {step_time:.3f} s/step" if times else
                "first step: timed from the next (it traces, and compiles with XLA)")
       logging.info("step %d/%d | %s | ETA %s | %s", step, self.train_steps, speed,
