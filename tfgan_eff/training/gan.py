@@ -390,8 +390,8 @@ class GAN(tf.Module):
     weights the ordinary step just made. Terms compute their loss as 0 on other steps (their
     own `tf.cond`), and the optimizer step is taken only when due. Adds its metrics
     (`<network>_reg_loss`, `<network>_reg_applied` and the terms') to `metrics`; -> this
-    replica's share of 1.0 if the
-    update was skipped as non-finite (`skip_nonfinite`), else 0."""
+    replica's share of 1.0 if the update was skipped as non-finite (`skip_nonfinite`), else
+    0."""
     intervals = {t.regularization_interval(network) for t in self.terms} - {0}
     if not intervals:
       return tf.constant(0.0)
