@@ -672,11 +672,11 @@ def test_every_spec_parses_and_every_cell_config_builds(spec):
   finally:
     gin.clear_config()
   if spec == "augment_mnist.gin":
-    # k100: 8 methods x 3 seeds, ada_linear x 5, seven diagnostics x 2 (diffaug_ctc_sepreg,
+    # k100: 8 methods x 3 seeds, ada_linear x 5, eight diagnostics x 2 (diffaug_ctc_sepreg,
     # ada_linear_sepreg, ada_linear_sepreg_fresh, ada_linear_insgen, ada_linear_mixbatch,
-    # ada_linear_sepr1, ada_linear_seppl), ada_linear_insgen_q5 x 1; k1000: 6 methods (no
-    # ada_linear*, no *_sepreg) x 2 seeds; BigGAN 2 x 3.
-    assert len(s.cells) == 8 * 3 + 5 + 7 * 2 + 1 + 6 * 2 + 2 * 3
+    # ada_linear_sepr1, ada_linear_seppl, ada_sepreg), ada_linear_insgen_q5 x 1; k1000: 6
+    # methods (no ada_linear*, no *_sepreg) x 2 seeds; BigGAN 2 x 3.
+    assert len(s.cells) == 8 * 3 + 5 + 8 * 2 + 1 + 6 * 2 + 2 * 3
     assert not [c for c in s.cells if c.data == "k1000" and ("linear" in c.method
                                                              or "sepreg" in c.method)]
     assert sorted(c.seed for c in s.cells if c.method == "ada_linear") == [0, 1, 2, 3, 4]
