@@ -566,10 +566,28 @@ def test_the_best_checkpoints_grid_is_drawn_once_and_follows_a_new_best(tmp_path
                       lambda self, t, **kw: titles.append(t))
   assert study.plot_grids(str(tmp_path), spec, str(tmp_path / "best.png"), best=True)
   assert titles == ["none\nstep 4 · FID 5.0 · memo 0.90"]
-  assert os.path.getsize(tmp_path / "best.png") > 1000
+  # the best grid's gray 200 is in the figure
+  drawn = study._pyplot().imread(str(tmp_path / "best.png"))
+  assert (np.abs(drawn - 200 / 255) < 1e-6).sum() >= 8 * 8
   # An image without its record (a kill between the two writes) is left out, not a crash.
   os.remove(os.path.join(d, study.BEST_GRID_META))
   assert not study.plot_grids(str(tmp_path), spec, str(tmp_path / "best2.png"), best=True)
+
+
+def test_figures_are_written_in_the_fewest_channels_that_hold_them_exactly(tmp_path):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  plt = study._pyplot()
+  for color, mode in (("gray", "L"), ("red", "RGB")):
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1], color=color)
+    ref = str(tmp_path / f"{color}_matplotlib.png")
+    fig.savefig(ref, dpi=50)
+    path = str(tmp_path / f"{color}.png")
+    study._save_figure(plt, fig, path, dpi=50)
+    with Image.open(path) as im, Image.open(ref) as want:
+      assert (im.mode, want.mode) == (mode, "RGBA")
+      np.testing.assert_array_equal(np.asarray(im.convert("RGBA")), np.asarray(want))
+    assert not os.path.exists(path + ".tmp.png")
 
 
 def test_side_by_side_grids_keep_each_method_in_its_own_column(tmp_path, monkeypatch):

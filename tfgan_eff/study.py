@@ -1322,6 +1322,27 @@ def _pyplot():
     return None
 
 
+def _save_figure(plt, fig, path, dpi=110):
+  """Writes `fig` to `path` (atomically) at `dpi`, in the fewest channels that hold it
+  exactly: matplotlib writes RGBA, but an opaque figure needs no alpha and a gray one (the
+  MNIST grids) one channel, which keeps a study's side-by-side grids under a megabyte."""
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=dpi)
+  plt.close(fig)
+  try:
+    from PIL import Image  # pylint: disable=import-outside-toplevel  (matplotlib needs it)
+    with Image.open(tmp) as im:
+      a = np.asarray(im.convert("RGBA"))
+    if (a[..., 3] == 255).all():
+      rgb = a[..., :3]
+      gray = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+      Image.fromarray(np.ascontiguousarray(rgb[..., 0] if gray else rgb)).save(
+          tmp, optimize=True)
+  except ImportError:
+    pass
+  os.replace(tmp, path)
+
+
 def plot_curves(rows, grids, path, key="fid", ylabel="FID", log=True):
   """`key` (FID) against kimg, one panel per grid and data size: mean line, min–max band
   over the seeds that have it (their count in the legend). False: nothing to plot."""
@@ -1355,9 +1376,7 @@ def plot_curves(rows, grids, path, key="fid", ylabel="FID", log=True):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path + ".tmp.png", dpi=110)
-  plt.close(fig)
-  os.replace(path + ".tmp.png", path)
+  _save_figure(plt, fig, path)
   return True
 
 
@@ -1410,9 +1429,7 @@ def plot_grids(out, study, path, best=False):
                         else None, vmin=0, vmax=1, interpolation="nearest")
       axes[i][j].set_title(title, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path + ".tmp.png", dpi=110)
-  plt.close(fig)
-  os.replace(path + ".tmp.png", path)
+  _save_figure(plt, fig, path)
   return True
 
 
